@@ -188,6 +188,22 @@ class CubeSpec(Frozen):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
+#: Appended to pydantic's own message so every line names the fix, not just the problem.
+FIX_HINTS = {
+    "name": "use 1-63 of a-z, 0-9, '-' or '_'",
+    "bbox": "give [west, south, east, north] in degrees",
+    "start": "use a date like 2020-01-01",
+    "end": "use a date like 2020-12-31",
+    "interval": "use week, month, quarter or year",
+    "resolution": "give the pixel size in CRS units (degrees for EPSG:4326, metres for UTM)",
+    "chunk": f"use {MIN_CHUNK}..{MAX_CHUNK} pixels per side (default 1200; larger chunks need more worker memory)",
+    "bands": "list asset keys, e.g. [red, green, blue]",
+    "resampling": "use nearest, bilinear, cubic, cubic_spline, lanczos, average or mode",
+    "max_cloud_cover": "use a percentage 0..100, or leave it out",
+    "mask.dilate": "use 0..16 pixels",
+}
+
+
 def _field_name(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not isinstance(p, int)]
     return ".".join(parts) if parts else "spec"
@@ -199,9 +215,14 @@ def _one_line(err: ValidationError) -> str:
     field = _field_name(first["loc"])
     kind = first["type"]
     msg = first["msg"].removeprefix("Value error, ")
+    indexed = any(isinstance(p, int) for p in first["loc"])
     if kind == "extra_forbidden":
         known = ", ".join(CubeSpec.model_fields)
         line = f"spec field `{field}` is not known; remove it or fix its spelling (fields: {known})"
+    elif kind == "missing" and indexed:
+        line = f"spec field `{field}` has too few items; {FIX_HINTS.get(field, 'check the list')}"
+    elif kind == "too_long":
+        line = f"spec field `{field}` has too many items; {FIX_HINTS.get(field, 'check the list')}"
     elif kind == "missing":
         line = f"spec field `{field}` is required; add it"
     elif field == "spec" or not first["loc"]:
@@ -212,6 +233,8 @@ def _one_line(err: ValidationError) -> str:
         if len(shown) > 60:
             shown = shown[:57] + "..."
         line = f"spec field `{field}`: {msg} (got {shown})"
+        if kind != "value_error" and field in FIX_HINTS:
+            line += f"; {FIX_HINTS[field]}"
     more = len(err.errors()) - 1
     return line + (f" [+{more} more problem{'s' if more > 1 else ''}]" if more else "")
 
