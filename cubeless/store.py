@@ -494,8 +494,9 @@ def write_task(
     float with NaN for no data, rounded); ``count`` the per-pixel number of valid observations.
     ``scale_offset`` is the source's band -> (scale, offset) (from STAC ``raster:bands``); where it
     differs from the cube's recorded ``source_scale``/``source_offset`` the DNs are re-expressed in
-    the cube's convention, so one cube never mixes two scalings. Where it matches, or the cube
-    records none, the DNs are written unchanged.
+    the cube's convention, so one cube never mixes two scalings. Where it matches, where it is
+    ``(1.0, 0.0)`` (what compose reports when the items do not say: unknown, not "unscaled"), or
+    where the cube records none, the DNs are written unchanged.
 
     Only chunk objects are written (no metadata): the time axis is extended in memory, so the
     chunks stay invisible until the commit. Every write covers whole chunks (edge tiles end at the
@@ -528,7 +529,7 @@ def write_task(
     if missing or extra:
         raise ValueError(f"write_task needs exactly the bands {list(spec.bands)}; missing {missing}, unexpected {extra}")
 
-    src = _scale_offsets(scale_offset, spec.bands)
+    src = {b: so for b, so in _scale_offsets(scale_offset, spec.bands).items() if so != (1.0, 0.0)}
     data: dict[str, np.ndarray] = {}
     for b in spec.bands:
         battrs = group[b].attrs

@@ -340,6 +340,7 @@ def test_task_that_does_not_fit_the_cube_is_refused(tmp_path):
 
 
 def test_float_values_and_source_scale_offset(tmp_path):
+    """Floats round half to even; a source scaling that differs from the cube's is re-expressed."""
     spec, gb, grid = make(tmp_path)
     S.ensure_cube(spec, grid)  # sentinel-2-c1-l2a: scale 0.0001, offset -0.1
     b = time_bins(spec.start, spec.end, "month")[0]
@@ -356,7 +357,7 @@ def test_float_values_and_source_scale_offset(tmp_path):
         {"red": red, "green": green, "blue": blue},
         np.full(shape, 2.0),
         # green comes from an older processing baseline without the -0.1 offset.
-        scale_offset={"red": (0.0001, -0.1), "green": {"scale": 0.0001, "offset": 0.0}},
+        scale_offset={"red": (0.0001, -0.1), "green": {"scale": 0.0001, "offset": 0.0}, "blue": (1.0, 0.0)},
     )
     S.publish_bins(spec.store, 1)
     ds = S.open_cube(spec.store).isel(time=0)
@@ -364,8 +365,18 @@ def test_float_values_and_source_scale_offset(tmp_path):
     assert r[0, 0] == 0 and r[0, 1] == 1 and r[5, 5] == 1234  # half to even
     g = ds.green.values
     assert g[5, 5] == 1500 and g[1, 1] == 0  # re-expressed in the cube's convention, fill kept
-    assert ds.blue.values[5, 5] == 65535
+    assert ds.blue.values[5, 5] == 65535  # clipped; (1.0, 0.0) means "unknown": no conversion
     assert ds["count"].values[5, 5] == 2
+
+
+def test_unknown_source_scale_leaves_dns_unchanged(tmp_path):
+    spec, gb, grid = make(tmp_path)
+    S.ensure_cube(spec, grid)
+    task = tasks_for(spec, gb, grid, time_bins(spec.start, spec.end, "month")[0], 0)[0]
+    arr = np.full((task.tile.ny, task.tile.nx), 1234, np.uint16)
+    S.write_task(task, {b: arr for b in spec.bands}, arr, scale_offset={b: (1.0, 0.0) for b in spec.bands})
+    S.publish_bins(spec.store, 1)
+    assert S.open_cube(spec.store).red.values[0, 0, 0] == 1234
 
 
 @pytest.mark.parametrize("kw, epsg", [(GEO, 4326), (UTM, 32633)])
