@@ -1,0 +1,230 @@
+"""The `cubeless` command line.
+
+Bad input (spec, options, files) prints one line naming the problem and the fix, exits 2 and
+writes nothing. An incomplete run exits 1; a complete cube exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Build cloud-free median Sentinel-2 datacubes (Zarr v3), on one machine or on AWS.",
+)
+out = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+SpecArg = Annotated[Path, typer.Argument(help="Cube spec, YAML or JSON.", show_default=False)]
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a command body; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to resume where it stopped")
+        raise typer.Exit(130) from None
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+@app.command()
+def validate(spec: SpecArg) -> None:
+    """Check a spec without touching the catalog or the store."""
+    from .spec import load_spec
+
+    s = _guard(lambda: load_spec(spec))
+    out.print(f"[green]ok[/] {s.name}: {len(s.bands)} band(s), {s.crs} at {s.resolution:g}, chunk {s.chunk}, "
+              f"{s.start} .. {s.end} by {s.interval}, store {s.store}", highlight=False)
+
+
+@app.command()
+def plan(
+    spec: SpecArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    max_tasks: Annotated[int, typer.Option(help="Refuse plans with more tasks than this.")] = 200_000,
+) -> None:
+    """Plan a run: tiles, tasks, scenes found, bytes to read and estimated cost. Writes nothing."""
+    from .plan import make_plan, plan_summary
+    from .spec import load_spec
+    from .store import cube_state
+
+    def body() -> dict:
+        s = load_spec(spec)
+        committed, origin = cube_state(s)
+        with err.status("searching the catalog ..."):
+            p = make_plan(s, committed=committed, origin=origin, max_tasks=max_tasks)
+        return plan_summary(p)
+
+    summary = _guard(body)
+    if as_json:
+        out.print_json(json.dumps(summary, default=str))
+        return
+    table = Table(title=f"plan for {summary.get('cube', '')}", show_header=False)
+    for k, v in summary.items():
+        if k.endswith("bytes") and isinstance(v, (int, float)):
+            v = _human_bytes(v)
+        table.add_row(k.replace("_", " "), str(v))
+    out.print(table)
+
+
+@app.command()
+def run(
+    spec: SpecArg,
+    local: Annotated[bool, typer.Option("--local", help="Run on this machine (AWS runs: `cubeless start`).")] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes [default: CPU count].")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds one task attempt may take.")] = 90.0,
+    retries: Annotated[int, typer.Option(min=0, max=20, help="Retries after a failed attempt.")] = 5,
+    max_tasks: Annotated[int, typer.Option(min=1, help="Refuse plans with more tasks than this.")] = 200_000,
+) -> None:
+    """Build (or resume, or extend) the cube a spec describes."""
+    from .spec import load_spec
+
+    if not local:
+        err.print("[bold red]error:[/] `cubeless run` builds on this machine: add --local, "
+                  "or start an AWS run with `cubeless start SPEC`")
+        raise typer.Exit(2)
+    s = _guard(lambda: load_spec(spec))
+    outcome = _guard(lambda: _run_with_progress(s, workers=workers, timeout=timeout, retries=retries,
+                                                max_tasks=max_tasks))
+    raise typer.Exit(0 if outcome.complete else 1)
+
+
+def _run_with_progress(s, *, workers, timeout, retries, max_tasks):  # noqa: ANN001, ANN202
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .runner import Prepared, Progress, RunPolicy, run_local
+
+    policy = RunPolicy(workers=workers or max(1, os.cpu_count() or 1), timeout=timeout, retries=retries)
+    bar = Bar(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    state: dict = {}
+
+    def on_prepared(p: Prepared) -> None:
+        if p.record is None:
+            err.print(f"{s.name}: every time bin of the spec is already committed; nothing to do")
+            return
+        verb = "resuming" if p.resumed else "planned"
+        err.print(f"{s.name}: {verb} run {p.record.run_id}: {p.record.task_count} tasks "
+                  f"({p.already_done} already done), {p.record.items_found} scenes, "
+                  f"{len(p.record.bins)} time bins, {policy.workers} workers", highlight=False)
+        state["task"] = bar.add_task("tasks", total=len(p.todo), note="")
+        bar.start()
+
+    def on_progress(p: Progress) -> None:
+        note = f"failed {p.failed}  retried {p.retried}" if (p.failed or p.retried) else ""
+        bar.update(state["task"], completed=p.done + p.failed, note=note)
+
+    try:
+        outcome = run_local(s, policy=policy, max_tasks=max_tasks, progress=on_progress, on_prepared=on_prepared)
+    finally:
+        bar.stop()
+    _summary(outcome)
+    return outcome
+
+
+def _summary(outcome) -> None:  # noqa: ANN001
+    m = outcome.manifest
+    if m is None:
+        return
+    pool = outcome.pool
+    table = Table(title=f"cube {m.spec.name}: {'COMPLETE' if m.complete else 'INCOMPLETE'}", show_header=False)
+    table.add_row("store", m.spec.store)
+    table.add_row("run", m.run_id)
+    table.add_row("time steps (committed)", f"{len(m.committed_bins)}"
+                  + (f"  ({m.committed_bins[0].label} .. {m.committed_bins[-1].label})" if m.committed_bins else ""))
+    table.add_row("tasks planned / done / failed", f"{m.tasks_planned} / {m.tasks_done} / {m.tasks_failed}")
+    if outcome.prepared.already_done:
+        table.add_row("done before this invocation", str(outcome.prepared.already_done))
+    table.add_row("attempts retried", str(pool.retried))
+    table.add_row("scenes used", str(len(m.items_used)))
+    table.add_row("wall time", f"{outcome.seconds:.1f} s")
+    if pool.done:
+        secs = sorted(r.seconds for r in pool.done)
+        table.add_row("task time p50 / max", f"{secs[len(secs) // 2]:.2f} s / {secs[-1]:.2f} s")
+    if m.cost:
+        table.add_row("Lambda cost estimate", f"${m.cost.total_usd:.4f} (${m.cost.usd_per_1000_tasks:.3f} per 1,000 tasks)")
+    for tid, why in list(m.failures.items())[:10]:
+        table.add_row(f"[red]failed {tid}", why[:160])
+    if not m.complete:
+        table.add_row("[yellow]next", "fix the cause, then run the same command again: only failed tasks are redone")
+    out.print(table)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where scenes, cube and preview go.")] = Path("demo-output"),
+    earth_search: Annotated[bool, typer.Option("--earth-search", help="Use the real Earth Search catalog (needs internet).")] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes [default: CPU count].")] = None,
+) -> None:
+    """Synthesize Sentinel-2 scenes, serve them over a real STAC API, build a cube and a PNG preview."""
+    from .demo import run_demo
+
+    code = _guard(lambda: run_demo(out_dir, earth_search=earth_search, workers=workers, console=err))
+    raise typer.Exit(code)
+
+
+@app.command()
+def preview(
+    store: Annotated[str, typer.Argument(help="Cube store (path or s3:// URL).")],
+    time: Annotated[str, typer.Option("--time", help="Time step: index or date (e.g. 2023-06).")] = "0",
+    png: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("preview.png"),
+) -> None:
+    """Write a true-colour PNG of one committed time step."""
+    from .demo.preview import write_preview
+
+    _guard(lambda: write_preview(store, time, png))
+    out.print(f"wrote {png}")
+
+
+@app.command()
+def manifest(store: Annotated[str, typer.Argument(help="Cube store (path or s3:// URL).")]) -> None:
+    """Print the cube's manifest (what is committed, and whether it is complete)."""
+    from .commit import read_manifest
+
+    m = _guard(lambda: read_manifest(store))
+    if m is None:
+        err.print(f"[bold red]error:[/] {store} has no manifest: no run has committed there yet")
+        raise typer.Exit(2)
+    out.print_json(m.model_dump_json())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

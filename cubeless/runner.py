@@ -1,0 +1,325 @@
+"""The local runner: plan -> tasks on a pool of worker processes -> commit.
+
+It applies the same policy as the AWS pipeline: each attempt has a deadline (the Lambda's 90 s),
+a failed attempt is retried up to ``retries`` times with exponential backoff and full jitter, and a
+task that exhausts its tries is parked in the run's failed list (the local dead-letter queue).
+A worker process that dies or overruns its deadline is killed and replaced; its task is retried.
+Running the same spec again resumes: it reuses the planned task list and does only what is missing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import multiprocessing as mp
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Callable, Iterable
+
+from .hrefs import HrefPolicy
+from .models import Manifest, RunRecord, Task, TaskResult
+from .spec import CubeSpec
+from .state import RunState
+
+#: Default ceiling on tasks per run; bigger cubes should be split or run on AWS.
+DEFAULT_MAX_TASKS = 200_000
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How tasks are executed and retried (the AWS pipeline's defaults)."""
+
+    workers: int = max(1, os.cpu_count() or 1)  #: worker processes
+    timeout: float = 90.0  #: seconds one attempt may take before its process is killed
+    retries: int = 5  #: extra attempts after the first: a task is tried at most 1 + retries times
+    backoff: float = 0.5  #: base delay (s) before a retry; doubles per attempt, full jitter, max 20 s
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot handed to the progress callback after every finished attempt."""
+
+    total: int  #: tasks this invocation had to do
+    done: int
+    failed: int  #: tasks that exhausted their tries
+    retried: int  #: failed attempts that were retried
+    last: TaskResult | None = None
+
+
+@dataclass(frozen=True)
+class PoolOutcome:
+    """What the pool did: results of finished tasks and of tasks that exhausted their tries."""
+
+    done: list[TaskResult] = field(default_factory=list)
+    failed: list[TaskResult] = field(default_factory=list)
+    retried: int = 0
+    seconds: float = 0.0
+
+
+# --- worker processes -----------------------------------------------------------------------
+
+
+def _worker_main(conn: Connection, policy: HrefPolicy | None) -> None:
+    """Body of a worker process: execute task after task until told to stop."""
+    from .execute import execute_task
+
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        task = Task.model_validate_json(msg)
+        try:
+            result = execute_task(task, policy=policy)
+            conn.send(("ok", result.model_dump_json()))
+        except Exception as exc:  # reported to the parent, which applies the retry policy
+            conn.send(("err", f"{type(exc).__name__}: {exc}"[:2000]))
+
+
+@dataclass
+class _Slot:
+    proc: mp.process.BaseProcess
+    conn: Connection
+    task: Task | None = None
+    attempt: int = 0
+    started: float = 0.0
+
+
+class _Pool:
+    def __init__(self, n: int, policy: HrefPolicy | None) -> None:
+        self._ctx = mp.get_context("spawn")  # GDAL and thread pools do not survive fork safely
+        self._policy = policy
+        self.slots = [self._spawn() for _ in range(n)]
+
+    def _spawn(self) -> _Slot:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker_main, args=(child, self._policy), daemon=True)
+        proc.start()
+        child.close()
+        return _Slot(proc, parent)
+
+    def replace(self, slot: _Slot) -> _Slot:
+        """Kill a slot's process (dead, hung or overdue) and start a fresh one in its place."""
+        if slot.proc.is_alive():
+            slot.proc.kill()
+        slot.proc.join(5)
+        slot.conn.close()
+        fresh = self._spawn()
+        self.slots[self.slots.index(slot)] = fresh
+        return fresh
+
+    def close(self) -> None:
+        for s in self.slots:
+            try:
+                if s.task is None and s.proc.is_alive():
+                    s.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + 5
+        for s in self.slots:
+            s.proc.join(max(0.0, deadline - time.monotonic()))
+            if s.proc.is_alive():
+                s.proc.kill()
+                s.proc.join(1)
+            s.conn.close()
+
+
+def run_tasks(
+    tasks: Iterable[Task],
+    *,
+    state_for: Callable[[Task], RunState],
+    policy: RunPolicy = RunPolicy(),
+    hrefs: HrefPolicy | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> PoolOutcome:
+    """Run tasks on worker processes with per-attempt deadlines and retries.
+
+    Done markers are written by the worker (``execute_task``); the latest failed attempt of a task
+    is recorded here with ``state_for(task).mark_failed`` so the manifest can name its last error.
+    """
+    queue: deque[tuple[Task, int]] = deque((t, 1) for t in tasks)
+    total = len(queue)
+    if not total:
+        return PoolOutcome()
+    delayed: list[tuple[float, int, Task, int]] = []  # (ready at, tiebreak, task, attempt)
+    done: list[TaskResult] = []
+    failed: list[TaskResult] = []
+    retried = 0
+    seq = 0
+    t_start = time.monotonic()
+    pool = _Pool(min(policy.workers, total), hrefs)
+
+    def report(last: TaskResult | None) -> None:
+        if progress:
+            progress(Progress(total, len(done), len(failed), retried, last))
+
+    def attempt_failed(task: Task, attempt: int, error: str, seconds: float) -> None:
+        nonlocal retried, seq
+        result = TaskResult(
+            task_id=task.task_id, status="failed", attempts=attempt, error=error, seconds=round(seconds, 3)
+        )
+        state_for(task).mark_failed(result)
+        if attempt <= policy.retries:
+            retried += 1
+            delay = random.uniform(0, min(20.0, policy.backoff * 2 ** (attempt - 1)))
+            seq += 1
+            heapq.heappush(delayed, (time.monotonic() + delay, seq, task, attempt + 1))
+        else:
+            failed.append(result)
+        report(result)
+
+    try:
+        while queue or delayed or any(s.task is not None for s in pool.slots):
+            now = time.monotonic()
+            while delayed and delayed[0][0] <= now:
+                _, _, task, attempt = heapq.heappop(delayed)
+                queue.append((task, attempt))
+            for slot in pool.slots:
+                if slot.task is None and queue:
+                    task, attempt = queue.popleft()
+                    try:
+                        slot.conn.send(task.model_dump_json())
+                    except (BrokenPipeError, OSError):
+                        slot = pool.replace(slot)
+                        slot.conn.send(task.model_dump_json())
+                    slot.task, slot.attempt, slot.started = task, attempt, time.monotonic()
+            busy = [s for s in pool.slots if s.task is not None]
+            deadlines = [s.started + policy.timeout for s in busy] + [d[0] for d in delayed[:1]]
+            wait_s = max(0.0, min(deadlines, default=now + 0.5) - time.monotonic())
+            wait([s.conn for s in busy] + [s.proc.sentinel for s in busy], timeout=min(wait_s, 1.0))
+            now = time.monotonic()
+            for slot in busy:
+                task, attempt = slot.task, slot.attempt
+                assert task is not None
+                elapsed = now - slot.started
+                message = None
+                try:
+                    if slot.conn.poll():
+                        message = slot.conn.recv()
+                except (EOFError, OSError):
+                    message = None
+                if message is not None:
+                    slot.task = None
+                    kind, body = message
+                    if kind == "ok":
+                        result = TaskResult.model_validate_json(body).model_copy(update={"attempts": attempt})
+                        done.append(result)
+                        report(result)
+                    else:
+                        attempt_failed(task, attempt, body, elapsed)
+                elif not slot.proc.is_alive():
+                    code = slot.proc.exitcode
+                    pool.replace(slot)
+                    attempt_failed(task, attempt, f"WorkerDied: worker process exited with code {code}", elapsed)
+                elif elapsed > policy.timeout:
+                    pool.replace(slot)
+                    attempt_failed(task, attempt, f"Timeout: task exceeded {policy.timeout:g} s and was killed", elapsed)
+    finally:
+        pool.close()
+    return PoolOutcome(done=done, failed=failed, retried=retried, seconds=time.monotonic() - t_start)
+
+
+# --- a whole local run ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run ready to execute: planned (or resumed) tasks and what is left of them."""
+
+    record: RunRecord | None  #: None when the cube is already up to date
+    todo: list[Task]
+    already_done: int
+    resumed: bool
+    plan_seconds: float
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The result of :func:`run_local`."""
+
+    manifest: Manifest | None  #: None when nothing needed doing and no run exists
+    prepared: Prepared
+    pool: PoolOutcome
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is None or self.manifest.complete
+
+
+def prepare_run(
+    spec: CubeSpec,
+    *,
+    max_tasks: int = DEFAULT_MAX_TASKS,
+    lanes: int = 1,
+    on_search: Callable[[int], None] | None = None,
+) -> Prepared:
+    """Plan a run, or find the interrupted run of the same spec and what it still has to do.
+
+    Nothing is written until the plan has succeeded (spec, catalog and store all checked).
+    """
+    from .plan import make_plan, record_for
+    from .store import cube_state, ensure_cube
+
+    t0 = time.perf_counter()
+    committed, origin = cube_state(spec)
+    from .plan import bins_to_fill
+
+    bins = bins_to_fill(spec, committed, origin)
+    if not bins:
+        return Prepared(None, [], 0, False, time.perf_counter() - t0)
+    from .models import run_id_for
+
+    state = RunState(spec.store, run_id_for(spec, bins))
+    if state.exists():
+        record = state.read_record()
+        tasks = list(state.iter_tasks())
+        resumed = True
+    else:
+        plan = make_plan(spec, committed=committed, origin=origin, max_tasks=max_tasks, progress=on_search)
+        ensure_cube(spec, plan.grid)
+        record = record_for(plan, tasks_uri=state.tasks_uri, lanes=lanes)
+        state.write_tasks(plan.tasks)
+        state.write_record(record)  # written last: its presence means the task list is whole
+        tasks = plan.tasks
+        resumed = False
+    done = state.done_ids()
+    todo = [t for t in tasks if t.task_id not in done]
+    return Prepared(record, todo, len(tasks) - len(todo), resumed, time.perf_counter() - t0)
+
+
+def run_local(
+    spec: CubeSpec,
+    *,
+    policy: RunPolicy = RunPolicy(),
+    hrefs: HrefPolicy | None = None,
+    max_tasks: int = DEFAULT_MAX_TASKS,
+    progress: Callable[[Progress], None] | None = None,
+    on_prepared: Callable[[Prepared], None] | None = None,
+) -> RunOutcome:
+    """Plan (or resume), execute every missing task, and commit. Returns the manifest."""
+    from .commit import commit_run
+
+    t0 = time.perf_counter()
+    prepared = prepare_run(spec, max_tasks=max_tasks)
+    if on_prepared:
+        on_prepared(prepared)
+    if prepared.record is None:
+        from .commit import read_manifest
+
+        return RunOutcome(read_manifest(spec.store), prepared, PoolOutcome(), time.perf_counter() - t0)
+    record = prepared.record
+    state = RunState(spec.store, record.run_id)
+    hrefs = hrefs or HrefPolicy.local(spec)
+    pool = run_tasks(prepared.todo, state_for=lambda _t: state, policy=policy, hrefs=hrefs, progress=progress)
+    manifest = commit_run(
+        spec.store,
+        record.run_id,
+        extra_timings={"plan_s": round(prepared.plan_seconds, 3), "tasks_wall_s": round(pool.seconds, 3)},
+    )
+    return RunOutcome(manifest, prepared, pool, time.perf_counter() - t0)
