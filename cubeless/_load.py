@@ -68,9 +68,20 @@ def configure_gdal(*, aws: Mapping[str, Any] | None = None, **overrides: str) ->
         _configured = True
 
 
+def _odc_configured() -> bool:
+    """Whether someone already called ``odc.stac.configure_rio``/``configure_s3_access``."""
+    try:
+        from odc.loader._rio import _CFG  # private, hence the guard
+
+        return bool(_CFG.configured)
+    except (ImportError, AttributeError):  # pragma: no cover - odc-loader internals moved
+        return False
+
+
 def ensure_gdal() -> None:
-    """Configure GDAL once (unless :func:`configure_gdal` already ran), and enable network stats."""
-    if not _configured:
+    """Configure GDAL once (unless :func:`configure_gdal` or odc-stac's own configuration already
+    ran: a caller's settings win), and enable network statistics."""
+    if not _configured and not _odc_configured():
         configure_gdal()
     _NetStats.enable()
 

@@ -158,7 +158,7 @@ def compose(
         (local files, file://, s3://, and https on the STAC API and Sentinel-2 COG hosts).
     :param io_threads: reader threads (default: 4 per CPU, 8..32, for network reads; one per CPU
         when every href is a local file).
-    :param median_threads: threads of the median kernel (default: one per CPU).
+    :param median_threads: threads of the median kernel (default: see :func:`masked_median`).
     :param memory_budget: bytes of reflectance stack to load at once; more bands load in groups.
     :raises HrefNotAllowed: an asset href is outside the policy (nothing has been read).
     :raises TaskError: an item lacks an asset, items disagree on scale/offset, or a read failed.
