@@ -192,7 +192,10 @@ def demo(
     """Synthesize Sentinel-2 scenes, serve them over a real STAC API, build a cube and a PNG preview."""
     from .demo import run_demo
 
-    code = _guard(lambda: run_demo(out_dir, earth_search=earth_search, workers=workers, console=err))
+    def run_spec(s):  # noqa: ANN001, ANN202
+        return _run_with_progress(s, workers=workers, timeout=90.0, retries=5, max_tasks=200_000)
+
+    code = _guard(lambda: run_demo(out_dir, earth_search=earth_search, workers=workers, console=err, run=run_spec))
     raise typer.Exit(code)
 
 

@@ -38,21 +38,6 @@ from cubeless.demo.synthetic import (
 pytestmark = pytest.mark.xdist_group("synthetic")
 
 
-def _synth_truth():  # type: ignore[no-untyped-def]
-    """tests/synth_truth.py, whatever the rootdir/import mode pytest runs with."""
-    import importlib.util
-    import sys
-
-    if "synth_truth" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "synth_truth.py"
-        spec = importlib.util.spec_from_file_location("synth_truth", path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["synth_truth"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["synth_truth"]
-
-
 def _read_at(href: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pixel values of a raster at points in its CRS (0 outside), read with rasterio."""
     from rasterio.transform import rowcol
@@ -298,7 +283,7 @@ def test_reference_cube_built_with_odc_stac_matches_truth(demo: SceneSet, tmp_pa
     from cubeless.demo.specs import demo_spec
     from cubeless.spec import parse_spec
     from cubeless.timebins import time_bins
-    compare_cube = _synth_truth().compare_cube
+    from cubeless.demo.verify import compare_cube
 
     store = str(tmp_path / "ref.zarr")
     spec = parse_spec(demo_spec("http://127.0.0.1:9", store))

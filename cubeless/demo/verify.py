@@ -1,4 +1,4 @@
-"""Compare a cube built from the synthetic scene set with the analytic truth (for e2e tests).
+"""Compare a cube built from the synthetic scene set with the analytic truth (demo and e2e tests).
 
 Independent of the code under test: reads the store with xarray and computes the expectation
 with :mod:`cubeless.demo.synthetic` only. Usage::
@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cubeless.demo.synthetic import SceneSet
-from cubeless.spec import CubeSpec, parse_spec
-from cubeless.timebins import time_bins
+from .synthetic import SceneSet
+from ..spec import CubeSpec, parse_spec
+from ..timebins import time_bins
 
 #: Metres per degree used to express a geographic resolution in metres (an upper bound).
 M_PER_DEG = 111_700.0
