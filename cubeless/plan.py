@@ -22,11 +22,13 @@ Tasks are ordered row-major by tile, then by bin; a task's items by (datetime, i
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import shapely
@@ -62,12 +64,20 @@ ITEM_PROPERTIES = (
     "s2:processing_baseline",
     "earthsearch:boa_offset_applied",
 )
-#: Asset fields kept (besides every ``proj:*``).
-ASSET_FIELDS = ("href", "type", "roles", "gsd", "eo:bands", "raster:bands", "file:size")
+#: Asset fields kept (besides every ``proj:*`` and ``raster:*``). ``bands``, ``nodata`` and
+#: ``data_type`` are their STAC 1.1 forms.
+ASSET_FIELDS = ("href", "type", "roles", "gsd", "eo:bands", "raster:bands", "bands", "nodata", "data_type",
+                "unit", "file:size")
 #: Fields kept in each ``raster:bands`` entry (what decoding needs; statistics/histograms dropped).
 RASTER_BAND_FIELDS = ("nodata", "data_type", "scale", "offset", "unit")
 #: Fields kept in each ``eo:bands`` entry.
 EO_BAND_FIELDS = ("name", "common_name")
+#: Fields kept in each STAC 1.1 ``bands`` entry.
+BAND_FIELDS = ("name", "eo:common_name", "nodata", "data_type", "raster:scale", "raster:offset", "unit")
+_PROPS_KEPT = frozenset(ITEM_PROPERTIES)
+_ASSET_KEPT = frozenset(ASSET_FIELDS)
+_BAND_LISTS = {"raster:bands": frozenset(RASTER_BAND_FIELDS), "eo:bands": frozenset(EO_BAND_FIELDS),
+               "bands": frozenset(BAND_FIELDS)}
 #: Footprint coordinates are rounded to this many decimals (1e-6 degree is about 0.1 m).
 GEOMETRY_DECIMALS = 6
 #: A footprint with more vertices is replaced by a slightly larger simplified hull (a superset,
@@ -89,9 +99,9 @@ def minimal_item(item: Mapping[str, Any], assets: Sequence[str]) -> dict[str, An
     Keeps id, collection, geometry (coordinates rounded to 1e-6 degree; a footprint of more than
     :data:`MAX_GEOMETRY_VERTICES` vertices becomes a covering simplified hull), bbox, stac_version,
     the eo/projection/raster/file extension URLs, the properties in :data:`ITEM_PROPERTIES` plus
-    every ``proj:*``, and per asset the fields in :data:`ASSET_FIELDS` plus every ``proj:*``;
-    ``raster:bands`` keep their decoding fields, ``eo:bands`` their names. The input is not
-    modified. Raises :class:`PlanError` when an asset is missing, naming it and the assets that
+    every ``proj:*``, and per asset the fields in :data:`ASSET_FIELDS` plus every ``proj:*`` and
+    ``raster:*``; ``raster:bands``/``bands`` keep their decoding fields, ``eo:bands`` their names.
+    The input is not modified. Raises :class:`PlanError` when an asset is missing, naming it and the assets that
     exist.
     """
     have = item.get("assets") or {}
@@ -102,16 +112,17 @@ def minimal_item(item: Mapping[str, Any], assets: Sequence[str]) -> dict[str, An
                 f"(item {item.get('id')}); fix `bands` (or `mask.scl_band`)"
             )
     props_in = item.get("properties") or {}
-    props = {k: props_in[k] for k in ITEM_PROPERTIES if k in props_in}
-    props.update({k: v for k, v in props_in.items() if k[:5] == "proj:" and k != "proj:centroid"})
+    props = {k: v for k, v in props_in.items() if k in _PROPS_KEPT or (k[:5] == "proj:" and k != "proj:centroid")}
     _trim_bands(props)
     out_assets: dict[str, Any] = {}
     for key in assets:
         a = have[key]
-        kept = {k: a[k] for k in ASSET_FIELDS if k in a}
+        kept = {
+            k: v for k, v in a.items()
+            if k in _ASSET_KEPT or (k[:5] == "proj:" and k != "proj:centroid") or k[:7] == "raster:"
+        }
         if "type" in kept:  # a media type decides what the asset is; roles only repeat it
             kept.pop("roles", None)
-        kept.update({k: v for k, v in a.items() if k[:5] == "proj:" and k != "proj:centroid"})
         _trim_bands(kept)
         out_assets[key] = kept
     out: dict[str, Any] = {
@@ -131,18 +142,26 @@ def minimal_item(item: Mapping[str, Any], assets: Sequence[str]) -> dict[str, An
 
 
 def _trim_bands(d: dict[str, Any]) -> None:
-    """Keep only the decoding fields of ``raster:bands`` and the names in ``eo:bands`` (in place)."""
-    for key, fields in (("raster:bands", RASTER_BAND_FIELDS), ("eo:bands", EO_BAND_FIELDS)):
-        bands = d.get(key)
+    """Keep only the decoding fields of ``raster:bands``/``bands`` and the names in ``eo:bands`` (in place)."""
+    for key in _BAND_LISTS.keys() & d.keys():
+        bands, fields = d[key], _BAND_LISTS[key]
         if isinstance(bands, list):
-            d[key] = [{k: b[k] for k in fields if k in b} if isinstance(b, dict) else b for b in bands]
+            d[key] = [{k: v for k, v in b.items() if k in fields} if isinstance(b, dict) else b for b in bands]
 
 
 def _compact_geometry(geom: Any) -> Any:
     """The footprint with rounded coordinates; a very detailed one becomes a covering hull."""
     if not isinstance(geom, dict) or "coordinates" not in geom:
         return geom
-    if _count_positions(geom["coordinates"]) > MAX_GEOMETRY_VERTICES:
+    coords = geom["coordinates"]
+    if geom.get("type") == "Polygon" and len(coords) == 1 and len(coords[0]) <= MAX_GEOMETRY_VERTICES:
+        try:  # the common case, fast: one ring of [x, y] pairs
+            ring = np.asarray(coords[0], dtype=np.float64)
+            if ring.ndim == 2 and ring.shape[1] >= 2:
+                return {"type": "Polygon", "coordinates": [np.round(ring[:, :2], GEOMETRY_DECIMALS).tolist()]}
+        except (TypeError, ValueError):
+            pass
+    if _count_positions(coords) > MAX_GEOMETRY_VERTICES:
         hull = shape(geom).convex_hull
         for tol in (1e-4, 1e-3, 1e-2, 1e-1):  # ~10 m .. 10 km
             # Simplifying a convex polygon cuts inwards by at most tol: the buffer keeps it covering.
@@ -164,7 +183,7 @@ def _count_positions(coords: Any) -> int:
 def _round(coords: Any, nd: int) -> Any:
     if isinstance(coords, (list, tuple)):
         if coords and isinstance(coords[0], (int, float)):
-            return [round(float(c), nd) for c in coords]
+            return np.round(np.asarray(coords, dtype=np.float64), nd).tolist()
         return [_round(c, nd) for c in coords]
     return coords
 
@@ -419,6 +438,39 @@ def make_plan(
     found = search(spec, region, datetime=bins_datetime(bins), progress=progress)
     timings["search"] = time.perf_counter() - t
 
+    with _gc_paused():
+        return _assign(spec, sel, tiles, bins, t0, grid, run_id, found, n_tasks, timings)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (restored afterwards).
+
+    Assignment allocates ~10^6 small acyclic objects next to the large search result; left on,
+    the collector rescans all of it many times over (about 40% of the planning time).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _assign(
+    spec: CubeSpec,
+    sel: TileSelection,
+    tiles: list[Tile],
+    bins: list[TimeBin],
+    t0: int,
+    grid: Grid,
+    run_id: str,
+    found: list[dict[str, Any]],
+    n_tasks: int,
+    timings: dict[str, float],
+) -> Plan:
+    """Items -> (tile, bin) tasks, minimal items, estimates: the body of :func:`make_plan`."""
     t = time.perf_counter()
     assets = [*spec.bands, spec.mask.scl_band]
     # Items in a bin, with a footprint, sorted by (datetime, id): the index is the item's rank.
@@ -441,7 +493,6 @@ def make_plan(
     keep = [i for i in range(len(unique)) if shapes[i] is not None]
     geoms = list(shapes[keep]) if keep else []
     item_bin = [unique[i][0] for i in keep]
-    minimal = [minimal_item(unique[i][1], assets) for i in keep]
 
     tile_polys = sel.footprints.polygons(sel.index)
     nb = len(bins)
@@ -456,9 +507,14 @@ def make_plan(
     pair_item, pair_tile, key = pair_item[order], pair_tile[order], key[order]
     counts = np.bincount(key, minlength=n_tasks)
     offsets = np.concatenate([[0], np.cumsum(counts)])
+    # Minimal items only for the items some task uses (they are shared by those tasks).
+    used = np.unique(pair_item).tolist() if pair_item.size else []
+    minimal: list[dict[str, Any]] = [{} for _ in keep]
+    for i in used:
+        minimal[i] = minimal_item(unique[keep[i]][1], assets)
 
     # Estimated bytes read, per pair (item, tile), summed per task.
-    pair_bytes = _pair_bytes(spec, sel, tiles, tile_polys, minimal, geoms, assets, pair_item, pair_tile)
+    pair_bytes = _pair_bytes(spec, sel, tiles, tile_polys, minimal, used, geoms, assets, pair_item, pair_tile)
     task_bytes_arr = np.bincount(key, weights=pair_bytes, minlength=n_tasks) if key.size else np.zeros(n_tasks)
     timings["assign"] = time.perf_counter() - t
 
@@ -471,7 +527,6 @@ def make_plan(
         for bi, tb in enumerate(bins):
             k = ti * nb + bi
             tasks.append(make(tile=tile, bin=tb, t=t0 + bi, items=[minimal[i] for i in items_of[off[k] : off[k + 1]]]))
-    used = np.unique(pair_item) if pair_item.size else np.zeros(0, dtype=np.int64)
     timings["tasks"] = time.perf_counter() - t
 
     task_bytes = [int(round(v)) for v in task_bytes_arr.tolist()]
@@ -489,7 +544,7 @@ def make_plan(
         t0=t0,
         tiles_total=sel.tiles_total,
         tiles=tiles,
-        items=[minimal[i] for i in used.tolist()],
+        items=[minimal[i] for i in used],
         tasks=tasks,
         run_id=run_id,
         estimated_bytes=int(sum(task_bytes)),
@@ -506,6 +561,7 @@ def _pair_bytes(
     tiles: list[Tile],
     tile_polys: np.ndarray,
     minimal: list[dict[str, Any]],
+    used: list[int],
     geoms: list[BaseGeometry],
     assets: list[str],
     pair_item: np.ndarray,
@@ -533,13 +589,14 @@ def _pair_bytes(
     item_deg2 = shapely.area(np.asarray(geoms, dtype=object))
     # Native resolution and read decimation per asset key (fixed within a collection: taken from
     # the first item); per item the scene's bytes (file:size) when every asset states its size.
-    first = minimal[0]
+    first = minimal[used[0]]
     native = {a: _asset_res(first["assets"][a], first) for a in assets}
     dec = {a: _overview(res_m, native[a]) for a in assets}
     per_m2 = sum(BYTES_PER_PIXEL / (native[a] ** 2 * dec[a] ** 2) for a in assets)
     scene_bytes = np.zeros(len(minimal))
     sized = np.zeros(len(minimal), dtype=bool)
-    for i, it in enumerate(minimal):
+    for i in used:
+        it = minimal[i]
         sizes = [it["assets"][a].get("file:size") for a in assets]
         if all(isinstance(v, (int, float)) and v > 0 for v in sizes):
             sized[i] = True

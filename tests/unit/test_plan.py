@@ -329,6 +329,19 @@ def test_minimal_item_keeps_what_loading_needs_only():
     assert len(json.dumps(m)) < full_size / 4
 
 
+def test_minimal_item_keeps_stac_1_1_band_fields():
+    full = s2_item("x", SMALL, "2020-01-05T15:41:00Z", assets=["red", "scl"])
+    full["stac_version"] = "1.1.0"
+    red = full["assets"]["red"]
+    del red["raster:bands"], red["eo:bands"]
+    red.update({"nodata": 0, "data_type": "uint16", "raster:scale": 0.0001, "raster:offset": -0.1,
+                "bands": [{"name": "B04", "eo:common_name": "red", "eo:center_wavelength": 0.665,
+                           "statistics": {"mean": 1.0}}]})
+    got = minimal_item(full, ["red", "scl"])["assets"]["red"]
+    assert (got["nodata"], got["data_type"], got["raster:scale"], got["raster:offset"]) == (0, "uint16", 0.0001, -0.1)
+    assert got["bands"] == [{"name": "B04", "eo:common_name": "red"}]
+
+
 def test_minimal_item_loads_with_odc_stac():
     odc_stac = pytest.importorskip("odc.stac")
     import pystac
