@@ -1,0 +1,494 @@
+"""AWS glue: the task queue (SQS), the pipeline's state machine (Step Functions), stack outputs.
+
+The only cubeless module that imports boto3. The Lambda handlers in ``lambdas/`` and the CLI use
+it; the compute path (plan, compose, store, commit) never does.
+
+* :class:`TaskQueue`: one SQS message per :class:`~cubeless.models.Task` (the whole task, with
+  message attributes ``run_id`` and ``task_id``). :meth:`TaskQueue.enqueue` sends batches of 10
+  from several threads and retries the entries SQS refused; a task body over
+  :data:`MAX_BODY_BYTES` is parked in S3 and the message carries a pointer.
+* :class:`Pipeline`: start a run under a deterministic execution name (its run id: a second start
+  of a running run is the same execution), its status, redrive; :func:`stack_outputs`.
+* :class:`Deployment`: what the stack tells its functions through ``CUBELESS_*`` variables.
+* :class:`RunRequest`: the execution input: a bare spec, or ``{"spec": ..., "lanes": ..., "as_of": ...}``.
+
+Example (moto or a real account)::
+
+    >>> queue = TaskQueue("https://sqs.us-east-1.amazonaws.com/123456789012/tasks")  # doctest: +SKIP
+    >>> queue.enqueue(plan.tasks)                                                    # doctest: +SKIP
+    120
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Iterable, Iterator, Mapping
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import CubelessError, SpecError, UserError
+from .models import Task
+from .spec import CubeSpec, parse_spec
+from .timebins import bin_start
+
+#: A task body larger than this is written to S3 and the message carries a pointer to it.
+MAX_BODY_BYTES = 200 * 1024
+#: SQS limits: entries per SendMessageBatch, and bytes per batch (bodies plus attributes).
+BATCH_ENTRIES = 10
+MAX_BATCH_BYTES = 256 * 1024
+#: Rounds of resending the entries of a batch that SQS reported as failed.
+SEND_ROUNDS = 5
+
+ENV = {
+    "bucket": "CUBELESS_BUCKET",
+    "queue_url": "CUBELESS_QUEUE_URL",
+    "spill_uri": "CUBELESS_SPILL_URI",
+    "lanes": "CUBELESS_LANES",
+    "max_lanes": "CUBELESS_MAX_LANES",
+    "allowed_hosts": "CUBELESS_ALLOWED_HOSTS",
+}
+
+_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class ConfigError(CubelessError):
+    """The function's environment lacks a variable the stack should have set."""
+
+
+class TasksPending(CubelessError):
+    """Tasks of the run are still queued or in flight; the state machine retries the commit later."""
+
+
+class RunIncomplete(CubelessError):
+    """The queue is drained but some planned tasks never finished; the run fails with this message."""
+
+
+class ExecutionConflict(UserError):
+    """A run has failed so many times that starting it again is refused."""
+
+
+def _client(service: str) -> Any:
+    return boto3.client(service, config=_CLIENT_CONFIG)
+
+
+def _require(env: Mapping[str, str], key: str) -> str:
+    name = ENV[key]
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set; deploy the stack (infra/functions.py sets it)")
+    return value
+
+
+# -- the deployment's settings, as the functions see them ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The stack's settings as seen by a function (set by ``infra/functions.py``)."""
+
+    bucket: str  #: the bucket cubes must be stored in
+    queue_url: str
+    spill_uri: str  #: ``s3://bucket/prefix`` for task bodies over :data:`MAX_BODY_BYTES`
+    lanes: int = 20  #: lanes of a run that does not ask for a number
+    max_lanes: int = 100  #: most lanes a run may ask for
+    allowed_hosts: tuple[str, ...] = ()  #: hosts of the STAC API and scene assets
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Deployment":
+        """Read ``CUBELESS_*``; a missing one raises :class:`ConfigError` naming it."""
+        env = os.environ if env is None else env
+        hosts = tuple(h.strip() for h in env.get(ENV["allowed_hosts"], "").split(",") if h.strip())
+        return cls(
+            bucket=_require(env, "bucket"),
+            queue_url=_require(env, "queue_url"),
+            spill_uri=_require(env, "spill_uri"),
+            lanes=int(env.get(ENV["lanes"], "20")),
+            max_lanes=int(env.get(ENV["max_lanes"], "100")),
+            allowed_hosts=hosts,
+        )
+
+    def queue(self) -> "TaskQueue":
+        return TaskQueue(self.queue_url, spill_uri=self.spill_uri)
+
+    def href_policy(self) -> Any:
+        """The worker's asset allowlist: https on the allowed hosts only."""
+        from .hrefs import HrefPolicy
+
+        return HrefPolicy.from_hosts(self.allowed_hosts)
+
+    def admit(self, spec: CubeSpec) -> None:
+        """Refuse a spec this deployment cannot serve (store elsewhere, catalog not allowed)."""
+        parts = urlsplit(spec.store)
+        if parts.scheme != "s3" or parts.netloc != self.bucket or not parts.path.strip("/"):
+            raise SpecError(
+                f"spec field `store`: {spec.store!r} is not in this stack's bucket; use s3://{self.bucket}/<prefix>.zarr"
+            )
+        host = (urlsplit(spec.stac_api).hostname or "").lower()
+        if self.allowed_hosts and host not in {h.lower() for h in self.allowed_hosts}:
+            raise SpecError(
+                f"spec field `stac_api`: host {host!r} is not allowed by this stack; "
+                f"use one of {', '.join(self.allowed_hosts)} or add it to the stac_hosts setting"
+            )
+
+    def lanes_for(self, requested: int | None, tasks: int) -> int:
+        """Lanes of a run: as requested (or the default), at most ``max_lanes``, at most one per task."""
+        return max(0, min(requested or self.lanes, self.max_lanes, tasks))
+
+
+# -- the execution input -------------------------------------------------------------------------
+
+
+class RunRequest(BaseModel):
+    """The state machine's input: the spec, optionally with run options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: CubeSpec
+    #: Lanes (parallel worker loops) for this run; the stack's default when absent.
+    lanes: int | None = Field(None, ge=1)
+    #: When set, the spec's ``end`` is cut to the last bin complete before this instant (scheduled
+    #: runs pass ``<aws.scheduler.scheduled-time>``), so a run never fills a bin still in progress.
+    as_of: datetime | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON-able execution input."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def last_complete_day(spec: CubeSpec, as_of: datetime) -> date:
+    """The last day of the last bin of ``spec.interval`` that ended before ``as_of``."""
+    return bin_start(as_of.astimezone(timezone.utc).date(), spec.interval) - timedelta(days=1)
+
+
+def parse_request(event: Any) -> RunRequest:
+    """Validate an execution input (bare spec or envelope); bad input raises a one-line :class:`SpecError`."""
+    if not (isinstance(event, Mapping) and "spec" in event):
+        return RunRequest(spec=parse_spec(event))
+    extra = sorted(set(event) - set(RunRequest.model_fields))
+    if extra:
+        raise SpecError(f"execution input field `{extra[0]}` is not known; use spec, lanes and as_of")
+    spec = parse_spec(event["spec"])
+    try:
+        request = RunRequest.model_validate({**event, "spec": spec})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SpecError(f"execution input field `{first['loc'][0]}`: {first['msg']} (got {first.get('input')!r})") from None
+    if request.as_of is not None:
+        end = last_complete_day(spec, request.as_of)
+        if end < spec.start:
+            raise SpecError(f"no {spec.interval} starting at or after {spec.start} is complete at {request.as_of:%Y-%m-%d}; nothing to run yet")
+        if end < spec.end:
+            request = request.model_copy(update={"spec": spec.model_copy(update={"end": end})})
+    return request
+
+
+# -- the task queue ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    """One task taken from the queue (invisible to others until deleted or its timeout expires)."""
+
+    task: Task
+    receipt: str
+    receive_count: int  #: 1 on the first try
+    message_id: str
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Approximate message counts (SQS updates them within about a minute)."""
+
+    visible: int
+    in_flight: int
+    delayed: int
+
+    @property
+    def total(self) -> int:
+        return self.visible + self.in_flight + self.delayed
+
+
+class TaskQueue:
+    """The SQS queue of tasks. Thread-safe; clients are created on first use."""
+
+    def __init__(self, url: str, *, spill_uri: str | None = None, threads: int = 8, sqs: Any = None, s3: Any = None) -> None:
+        self.url = url
+        self.spill_uri = spill_uri.rstrip("/") if spill_uri else None
+        self.threads = threads
+        self._sqs = sqs
+        self._s3 = s3
+        self._lock = threading.Lock()
+
+    @property
+    def sqs(self) -> Any:
+        with self._lock:
+            if self._sqs is None:
+                self._sqs = _client("sqs")
+            return self._sqs
+
+    @property
+    def s3(self) -> Any:
+        with self._lock:
+            if self._s3 is None:
+                self._s3 = _client("s3")
+            return self._s3
+
+    # -- sending -----------------------------------------------------------------------------
+    def _entry(self, task: Task) -> dict[str, Any]:
+        body = task.model_dump_json()
+        attrs = {
+            "run_id": {"DataType": "String", "StringValue": task.run_id},
+            "task_id": {"DataType": "String", "StringValue": task.task_id},
+        }
+        if len(body.encode()) > MAX_BODY_BYTES:
+            body = self._spill(task, body)
+            attrs["body"] = {"DataType": "String", "StringValue": "s3"}
+        return {"Id": "0", "MessageBody": body, "MessageAttributes": attrs}
+
+    def _spill(self, task: Task, body: str) -> str:
+        if not self.spill_uri:
+            raise ConfigError(f"task {task.task_id} is {len(body)} bytes, over SQS's limit, and no spill location is set ({ENV['spill_uri']})")
+        bucket, _, prefix = self.spill_uri.removeprefix("s3://").partition("/")
+        key = "/".join(p for p in (prefix, task.run_id, task.task_id + ".json") if p)
+        self.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), ContentType="application/json")
+        return json.dumps({"run_id": task.run_id, "task_id": task.task_id, "task_uri": f"s3://{bucket}/{key}"})
+
+    def _batches(self, tasks: Iterable[Task]) -> Iterator[list[dict[str, Any]]]:
+        """Entries packed into batches of at most 10 entries and 256 KiB."""
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for task in tasks:
+            entry = self._entry(task)
+            n = _entry_bytes(entry)
+            if batch and (len(batch) == BATCH_ENTRIES or size + n > MAX_BATCH_BYTES):
+                yield batch
+                batch, size = [], 0
+            entry["Id"] = str(len(batch))
+            batch.append(entry)
+            size += n
+        if batch:
+            yield batch
+
+    def _send(self, batch: list[dict[str, Any]]) -> int:
+        """Send one batch; resend the entries SQS refused (throttling, internal errors) with backoff."""
+        pending = batch
+        for round_ in range(SEND_ROUNDS):
+            resp = self.sqs.send_message_batch(QueueUrl=self.url, Entries=pending)
+            failed = {f["Id"]: f for f in resp.get("Failed", [])}
+            if not failed:
+                return len(batch)
+            if any(f.get("SenderFault") for f in failed.values()):
+                first = next(f for f in failed.values() if f.get("SenderFault"))
+                raise CubelessError(f"SQS refused a task message: {first.get('Code')}: {first.get('Message')}")
+            pending = [e for e in pending if e["Id"] in failed]
+            time.sleep(random.uniform(0, 0.1 * 2**round_))
+        raise CubelessError(f"SQS kept failing {len(pending)} task messages after {SEND_ROUNDS} rounds; start the run again")
+
+    def enqueue(self, tasks: Iterable[Task]) -> int:
+        """Send every task (one message each) in batches of 10 from several threads; return the count."""
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="enqueue") as pool:
+            return sum(pool.map(self._send, self._batches(tasks)))
+
+    # -- receiving ---------------------------------------------------------------------------
+    def receive(self, *, wait_seconds: int = 1) -> Received | None:
+        """Take one task, or None when none is visible (long polling, so an empty answer is reliable)."""
+        resp = self.sqs.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=wait_seconds,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        messages = resp.get("Messages") or []
+        if not messages:
+            return None
+        msg = messages[0]
+        attrs = msg.get("MessageAttributes") or {}
+        body = msg["Body"]
+        if attrs.get("body", {}).get("StringValue") == "s3":
+            bucket, _, key = json.loads(body)["task_uri"].removeprefix("s3://").partition("/")
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return Received(
+            task=Task.model_validate_json(body),
+            receipt=msg["ReceiptHandle"],
+            receive_count=int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+            message_id=msg["MessageId"],
+        )
+
+    def delete(self, received: Received) -> None:
+        """The task is done: remove its message."""
+        self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=received.receipt)
+
+    def retry_later(self, received: Received, seconds: int) -> None:
+        """A try failed: make the message visible again after ``seconds`` (not the full timeout)."""
+        self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=received.receipt, VisibilityTimeout=max(0, min(seconds, 43_200)))
+
+    def depth(self) -> QueueDepth:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
+        a = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
+        return QueueDepth(*(int(a.get(n, 0)) for n in names))
+
+    def arn(self) -> str:
+        return self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    def move_to(self, target: "TaskQueue", *, run_id: str | None = None, limit: int | None = None) -> int:
+        """Redrive: move messages (of one run, or all) from this queue (the DLQ) to ``target``.
+
+        Messages of other runs stay hidden for a minute and are left in place. Returns the count moved.
+        """
+        moved = 0
+        while limit is None or moved < limit:
+            resp = self.sqs.receive_message(
+                QueueUrl=self.url, MaxNumberOfMessages=BATCH_ENTRIES, WaitTimeSeconds=1, VisibilityTimeout=60, MessageAttributeNames=["All"]
+            )
+            messages = resp.get("Messages") or []
+            if not messages:
+                break
+            chosen = [m for m in messages if run_id is None or m.get("MessageAttributes", {}).get("run_id", {}).get("StringValue") == run_id]
+            chosen = chosen[: None if limit is None else limit - moved]
+            if chosen:
+                entries = [{"Id": str(i), "MessageBody": m["Body"], "MessageAttributes": _attrs(m)} for i, m in enumerate(chosen)]
+                target._send(entries)
+                self.sqs.delete_message_batch(
+                    QueueUrl=self.url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chosen)]
+                )
+                moved += len(chosen)
+        return moved
+
+
+def _attrs(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A received message's string attributes, in the form SendMessage takes."""
+    got = message.get("MessageAttributes") or {}
+    return {k: {"DataType": v["DataType"], "StringValue": v["StringValue"]} for k, v in got.items() if "StringValue" in v}
+
+
+def _entry_bytes(entry: Mapping[str, Any]) -> int:
+    n = len(entry["MessageBody"].encode())
+    for name, value in entry.get("MessageAttributes", {}).items():
+        n += len(name.encode()) + len(value["DataType"].encode()) + len(value.get("StringValue", "").encode())
+    return n
+
+
+# -- the state machine ---------------------------------------------------------------------------
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
+#: Executions one run may have (its first try plus retries after failed ones).
+MAX_RUN_ATTEMPTS = 20
+
+
+def execution_name(run_id: str) -> str:
+    """A Step Functions execution name for a run (80 characters of ``[A-Za-z0-9_-]``)."""
+    return _NAME_RE.sub("-", run_id)[:80]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A state machine execution, as far as a user needs to know."""
+
+    arn: str
+    name: str
+    status: str  #: RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED, PENDING_REDRIVE
+    started: datetime | None = None
+    stopped: datetime | None = None
+    output: Any = None
+    error: str | None = None
+    cause: str | None = None
+    console_url: str | None = None
+
+
+def stack_outputs(stack_name: str, *, cfn: Any = None) -> dict[str, str]:
+    """The outputs of a deployed cubeless stack (``StateMachineArn``, ``BucketName``, ``QueueUrl``, ...)."""
+    cfn = cfn or _client("cloudformation")
+    try:
+        stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as err:
+        raise UserError(f"stack {stack_name!r} is not deployed in this account/region ({err.response['Error']['Code']}); deploy it with `npx cdk deploy`") from None
+    return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+
+
+class Pipeline:
+    """The deployed state machine."""
+
+    def __init__(self, state_machine_arn: str, *, sfn: Any = None) -> None:
+        self.arn = state_machine_arn
+        self._sfn = sfn
+
+    @classmethod
+    def from_stack(cls, stack_name: str, *, cfn: Any = None, sfn: Any = None) -> "Pipeline":
+        return cls(stack_outputs(stack_name, cfn=cfn)["StateMachineArn"], sfn=sfn)
+
+    @property
+    def sfn(self) -> Any:
+        if self._sfn is None:
+            self._sfn = _client("stepfunctions")
+        return self._sfn
+
+    def execution_arn(self, name_or_arn: str) -> str:
+        if name_or_arn.startswith("arn:"):
+            return name_or_arn
+        return self.arn.replace(":stateMachine:", ":execution:", 1) + ":" + name_or_arn
+
+    def start(self, request: RunRequest, *, name: str) -> Execution:
+        """Start run ``name`` (a run id), or return its execution that is running or succeeded.
+
+        Execution names are ``<run id>``, then ``<run id>-r2``, ``-r3``... for tries after a failed
+        one (a failed execution's name stays taken for 90 days). A second start of a running run
+        is the same execution (Standard workflows make StartExecution idempotent), so concurrent
+        starts of one run coalesce instead of racing on the same cube.
+        """
+        base = execution_name(name)
+        payload = json.dumps(request.payload(), sort_keys=True)
+        for attempt in range(1, MAX_RUN_ATTEMPTS + 1):
+            current = base if attempt == 1 else f"{base[:76]}-r{attempt}"
+            try:
+                arn = self.sfn.start_execution(stateMachineArn=self.arn, name=current, input=payload)["executionArn"]
+                return self.status(arn)
+            except ClientError as err:
+                if err.response["Error"]["Code"] != "ExecutionAlreadyExists":
+                    raise
+            existing = self.status(current)
+            if existing.status in ("RUNNING", "PENDING_REDRIVE", "SUCCEEDED"):
+                return existing
+        raise ExecutionConflict(f"run {base} failed {MAX_RUN_ATTEMPTS} times; read the last execution's cause with `status` before trying again")
+
+    def status(self, name_or_arn: str) -> Execution:
+        d = self.sfn.describe_execution(executionArn=self.execution_arn(name_or_arn))
+        output = d.get("output")
+        region = d["executionArn"].split(":")[3]
+        return Execution(
+            arn=d["executionArn"],
+            name=d["name"],
+            status=d["status"],
+            started=d.get("startDate"),
+            stopped=d.get("stopDate"),
+            output=json.loads(output) if output else None,
+            error=d.get("error"),
+            cause=d.get("cause"),
+            console_url=f"https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{d['executionArn']}",
+        )
+
+    def redrive(self, name_or_arn: str) -> Execution:
+        """Resume an execution that failed in a task state (e.g. a Lambda error) from that state.
+
+        A run that failed with a one-line cause (SpecError, RunIncomplete) ended in the ``Failed``
+        state, where a redrive would end again: fix the cause (or move dead-lettered tasks back with
+        :meth:`TaskQueue.move_to`) and :meth:`start` the run again, which resumes it.
+        """
+        arn = self.execution_arn(name_or_arn)
+        self.sfn.redrive_execution(executionArn=arn)
+        return self.status(arn)

@@ -1,0 +1,137 @@
+"""Functions: the planner and commit (zip + the cubeless layer) and the worker (container image).
+
+Each function has its own role and log group; grants are the narrowest the services offer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy, Size
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cubeless.aws import ENV
+
+from .nag import acknowledge, acknowledge_resource
+from .settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The worker's deadline; the Step Functions task timeout and the queue's visibility follow it.
+WORKER_TIMEOUT = Duration.seconds(90)
+#: Only the handlers go into the zip functions' code; cubeless and its dependencies are the layer.
+_HANDLER_ASSET_EXCLUDE = ["*", ".*", "!lambdas", "!lambdas/*.py", "**/__pycache__"]
+
+
+class Functions(Construct):
+    """The three Lambda functions of a run.
+
+    :ivar planner: plans a run and enqueues its tasks (zip, layer).
+    :ivar worker: executes one task per invocation (container image).
+    :ivar commit: publishes a finished run (zip, layer).
+    :ivar layer: cubeless and its runtime dependencies, for the zip functions.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: Settings,
+        layer_zip: str,
+        bucket: s3.IBucket,
+        queue: sqs.IQueue,
+        spill_uri: str,
+    ) -> None:
+        super().__init__(scope, id)
+        self._settings = settings
+        arm = settings.architecture == "arm64"
+        self._arch = lambda_.Architecture.ARM_64 if arm else lambda_.Architecture.X86_64
+        self._env = {
+            ENV["bucket"]: bucket.bucket_name,
+            ENV["queue_url"]: queue.queue_url,
+            ENV["spill_uri"]: spill_uri,
+            ENV["lanes"]: str(settings.lanes),
+            ENV["max_lanes"]: str(settings.max_lanes),
+            ENV["allowed_hosts"]: ",".join(settings.stac_hosts),
+            "POWERTOOLS_METRICS_NAMESPACE": "cubeless",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+        }
+        self.layer = lambda_.LayerVersion(
+            self,
+            "Layer",
+            code=lambda_.Code.from_asset(layer_zip),
+            compatible_runtimes=[lambda_.Runtime.PYTHON_3_12],
+            compatible_architectures=[self._arch],
+            description="cubeless and its runtime dependencies (layers/build.py)",
+        )
+        handlers = lambda_.Code.from_asset(str(ROOT), exclude=_HANDLER_ASSET_EXCLUDE)
+        self.planner = self._zip_function(
+            "Planner", handlers, "lambdas.planner.handler", settings.planner_memory_mb, Duration.minutes(15)
+        )
+        self.commit = self._zip_function("Commit", handlers, "lambdas.commit.handler", settings.commit_memory_mb, Duration.minutes(10))
+        self.worker = lambda_.DockerImageFunction(
+            self,
+            "Worker",
+            # Staged at synth (the build context is the repo root, filtered by .dockerignore); built
+            # by `cdk deploy`, never by synth or the tests.
+            code=lambda_.DockerImageCode.from_image_asset(
+                str(ROOT),
+                file="containers/worker/Dockerfile",
+                platform=ecr_assets.Platform.LINUX_ARM64 if arm else ecr_assets.Platform.LINUX_AMD64,
+            ),
+            architecture=self._arch,
+            memory_size=settings.worker_memory_mb,
+            ephemeral_storage_size=Size.mebibytes(settings.worker_ephemeral_mb),
+            timeout=WORKER_TIMEOUT,
+            environment={**self._env, **settings.gdal_env, "POWERTOOLS_SERVICE_NAME": "worker"},
+            description="cubeless worker: executes one task per invocation",
+            **self._common("Worker"),
+        )
+        objects = bucket.arn_for_objects("*")
+        for fn in (self.planner, self.worker, self.commit):
+            # Cube stores (and spilled task bodies) are prefixes of this one bucket: object actions
+            # plus listing, nothing on the bucket's settings.
+            iam.Grant.add_to_principal(
+                grantee=fn,
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                resource_arns=[objects],
+            )
+            iam.Grant.add_to_principal(grantee=fn, actions=["s3:ListBucket"], resource_arns=[bucket.bucket_arn])
+            assert fn.role is not None
+            acknowledge_resource(fn.role, objects, "Cube stores are prefixes chosen per spec in the stack's one bucket; object actions only.")
+            acknowledge(fn.role, "AwsSolutions-IAM5[Resource::*]", "X-Ray tracing (PutTraceSegments, PutTelemetryRecords) has no resource-level permissions.")
+        queue.grant_send_messages(self.planner)
+        queue.grant_consume_messages(self.worker)
+        queue.grant(self.commit, "sqs:GetQueueAttributes")
+
+    def _common(self, name: str) -> dict:
+        """Role, log group and tracing shared by every function (no managed policies)."""
+        role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+        log_group = logs.LogGroup(self, f"{name}Logs", removal_policy=RemovalPolicy.DESTROY)
+        log_group.node.default_child.retention_in_days = self._settings.log_retention_days  # type: ignore[union-attr]
+        log_group.grant_write(role)
+        return {"role": role, "log_group": log_group, "tracing": lambda_.Tracing.ACTIVE}
+
+    def _zip_function(self, name: str, code: lambda_.Code, handler: str, memory: int, timeout: Duration) -> lambda_.Function:
+        fn = lambda_.Function(
+            self,
+            name,
+            runtime=lambda_.Runtime.PYTHON_3_12,
+            architecture=self._arch,
+            code=code,
+            handler=handler,
+            layers=[self.layer],
+            memory_size=memory,
+            timeout=timeout,
+            environment={**self._env, "POWERTOOLS_SERVICE_NAME": name.lower()},
+            description=f"cubeless {name.lower()}",
+            **self._common(name),
+        )
+        acknowledge(fn, "AwsSolutions-L1", "python3.12 on purpose: the layer, the worker image and the venv are all built for it.")
+        return fn

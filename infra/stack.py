@@ -1,0 +1,76 @@
+"""The cubeless stack: storage, task queue, functions, state machine, schedules, monitoring."""
+
+from __future__ import annotations
+
+from aws_cdk import App, CfnOutput, Stack, Validations
+from cdk_nag import AwsSolutionsChecks
+from constructs import Construct
+
+from .functions import WORKER_TIMEOUT, Functions
+from .monitoring import Monitoring
+from .schedules import Schedules
+from .settings import Settings
+from .storage import Storage
+from .task_queue import TaskQueue
+from .workflow import Workflow
+
+
+class CubelessStack(Stack):
+    """Everything a deployment needs; its outputs are what ``cubeless.aws`` reads."""
+
+    def __init__(self, scope: Construct, id: str, *, settings: Settings, layer_zip: str, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(scope, id, description="cubeless: cloud-free monthly median Sentinel-2 datacubes", **kwargs)
+        self.settings = settings
+        self.storage = Storage(self, "Storage", bucket_name=settings.bucket_name, retain=settings.retain_bucket)
+        self.tasks = TaskQueue(self, "Tasks", worker_timeout=WORKER_TIMEOUT)
+        self.functions = Functions(
+            self,
+            "Functions",
+            settings=settings,
+            layer_zip=layer_zip,
+            bucket=self.storage.bucket,
+            queue=self.tasks.queue,
+            spill_uri=self.storage.spill_uri,
+        )
+        self.workflow = Workflow(
+            self,
+            "Workflow",
+            planner=self.functions.planner,
+            worker=self.functions.worker,
+            commit=self.functions.commit,
+            max_lanes=settings.max_lanes,
+            tolerated_failure_percentage=settings.tolerated_failure_percentage,
+            log_retention_days=settings.log_retention_days,
+        )
+        self.schedules = Schedules(
+            self, "Schedules", settings=settings.schedules, state_machine=self.workflow.state_machine, bucket=self.storage.bucket
+        )
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            worker=self.functions.worker,
+            state_machine=self.workflow.state_machine,
+            queue=self.tasks.queue,
+            dead_letter_queue=self.tasks.dead_letter_queue,
+            alarm_topic_arn=settings.alarm_topic_arn,
+        )
+        CfnOutput(self, "StateMachineArn", value=self.workflow.state_machine.state_machine_arn, description="Start runs here")
+        CfnOutput(self, "BucketName", value=self.storage.bucket.bucket_name, description="Cube stores: s3://<bucket>/<name>.zarr")
+        CfnOutput(self, "QueueUrl", value=self.tasks.queue.queue_url)
+        CfnOutput(self, "DeadLetterQueueUrl", value=self.tasks.dead_letter_queue.queue_url)
+        CfnOutput(self, "DashboardName", value=self.monitoring.dashboard.dashboard_name)
+
+
+def add_checks(app: App) -> None:
+    """Run cdk-nag's AWS Solutions checks at synth: an unacknowledged finding stops the synth.
+
+    Acknowledged findings and their reasons are also written to each resource's template metadata.
+    """
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app, write_suppressions_to_cloud_formation=True))
+
+
+def build(app: App, settings: Settings, *, layer_zip: str) -> CubelessStack:
+    """The stack in ``app``, with the cdk-nag checks."""
+    stack = CubelessStack(app, settings.stack_name, settings=settings, layer_zip=layer_zip, stack_name=settings.stack_name)
+    add_checks(app)
+    return stack

@@ -1,0 +1,1 @@
+"""Lambda handlers: thin borders around the cubeless library (one per function)."""

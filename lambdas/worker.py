@@ -1,0 +1,70 @@
+"""Worker: one invocation takes one task from the queue, executes it, deletes its message.
+
+Returns ``{"drained": bool, "idle": bool}``. ``drained``: the queue is empty, the lane ends.
+``idle``: nothing visible but tasks are in flight elsewhere (they may fail and come back), the lane
+waits and asks again. A failed task is recorded (``RunState.mark_failed``), its message comes back
+after a short backoff, and the handler raises: the lane's Retry and SQS's redelivery apply, and
+after 6 receives SQS parks the task in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from cubeless.aws import Deployment, Received, TaskQueue
+from cubeless.execute import execute_task
+from cubeless.models import TaskResult
+from cubeless.state import RunState
+from lambdas.observability import logger, metrics, tracer
+
+#: First retry delay of a failed task (s); doubles with every receive: 10, 20, 40, 80, 160.
+RETRY_DELAY = 10
+
+
+@functools.cache
+def deployment() -> Deployment:
+    return Deployment.from_env()
+
+
+@functools.cache
+def queue() -> TaskQueue:
+    return deployment().queue()
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    got = queue().receive()
+    if got is None:
+        left = queue().depth().total
+        return {"drained": left == 0, "idle": left > 0}
+    logger.append_keys(run_id=got.task.run_id, task_id=got.task.task_id, attempt=got.receive_count)
+    t0 = time.perf_counter()
+    try:
+        result = execute_task(got.task, policy=deployment().href_policy())
+    except Exception as exc:
+        record_failure(got, exc, time.perf_counter() - t0)
+        raise
+    queue().delete(got)
+    metrics.add_metric(name="TasksDone", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="TaskSeconds", unit=MetricUnit.Seconds, value=result.seconds)
+    logger.info("task done", extra={"result": result.model_dump(mode="json")})
+    return {"drained": False, "idle": False, "task_id": result.task_id}
+
+
+def record_failure(got: Received, exc: Exception, seconds: float) -> None:
+    """Mark the try failed in the run's state and bring the message back after a backoff."""
+    logger.exception("task failed")
+    metrics.add_metric(name="TasksFailed", unit=MetricUnit.Count, value=1)
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    result = TaskResult(task_id=got.task.task_id, status="failed", attempts=got.receive_count, error=error, seconds=round(seconds, 3))
+    try:
+        RunState(got.task.spec.store, got.task.run_id).mark_failed(result)
+        queue().retry_later(got, RETRY_DELAY * 2 ** (got.receive_count - 1))
+    except Exception:  # the task's own error is the one to raise
+        logger.exception("could not record the failure")

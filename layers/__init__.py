@@ -1,0 +1,1 @@
+"""The Lambda layer recipe of the planner and commit functions (see build.py)."""

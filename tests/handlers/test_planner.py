@@ -1,0 +1,90 @@
+"""The planner handler: bad input fails in one line; a plan is enqueued and summarized, never inlined."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+import pytest
+from aws_helpers import BUCKET, FakeContext, Queues, Run, spec_doc
+
+from cubeless.aws import TaskQueue
+from cubeless.errors import SpecError
+from cubeless.runner import Prepared
+from cubeless.spec import parse_spec
+from lambdas import planner
+
+
+def test_bad_spec_is_a_one_line_spec_error(context: FakeContext) -> None:
+    with pytest.raises(SpecError) as err:
+        planner.handler({"name": "vt", "bbox": [-73.4, 42.7, -71.5, 45.0], "start": "2020-01-01"}, context)
+    assert str(err.value).startswith("spec field `end` is required; add it")
+    assert "\n" not in str(err.value)
+
+
+def test_store_outside_the_stack_bucket_is_refused(deployment_env: Queues, context: FakeContext) -> None:
+    with pytest.raises(SpecError, match=f"not in this stack's bucket; use s3://{BUCKET}/<prefix>.zarr"):
+        planner.handler(spec_doc("s3://someone-elses-bucket/vt.zarr"), context)
+
+
+def fake_prepare(run: Run, *, todo: int | None = None, seen: dict | None = None):  # noqa: ANN201
+    def prepare_run(spec: Any, *, lanes: int = 1, **kw: Any) -> Prepared:
+        if seen is not None:
+            seen.update(spec=spec, lanes=lanes)
+        tasks = run.tasks if todo is None else run.tasks[:todo]
+        return Prepared(run.record, tasks, len(run.tasks) - len(tasks), False, 0.1)
+
+    return prepare_run
+
+
+def test_plans_enqueues_and_returns_a_small_record(
+    deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run, seen=seen))
+    event = {"spec": spec_doc(f"s3://{BUCKET}/hx.zarr"), "lanes": 3}
+    out = planner.handler(event, context)
+    assert out["lanes"] == [0, 1, 2]
+    assert out["run"]["run_id"] == run.run_id and out["run"]["lanes"] == 3
+    assert out["run"]["tasks_uri"] == run.state.tasks_uri
+    assert parse_spec(out["spec"]) == parse_spec(event["spec"])
+    assert len(json.dumps(out)) < 8 * 1024  # a state, not the task list
+    assert seen["lanes"] == 3
+    queue = TaskQueue(deployment_env.url)
+    assert queue.depth().visible == len(run.tasks) == 12
+    got = queue.receive()
+    assert got is not None and got.task in run.tasks
+
+
+def test_lanes_default_and_cap(deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run))
+    assert planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)["lanes"] == [0, 1, 2, 3]  # CUBELESS_LANES=4
+    assert len(planner.handler({"spec": spec_doc(f"s3://{BUCKET}/hx.zarr"), "lanes": 50}, context)["lanes"]) == 8  # max 8
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run, todo=2))
+    assert planner.handler({"spec": spec_doc(f"s3://{BUCKET}/hx.zarr"), "lanes": 50}, context)["lanes"] == [0, 1]
+
+
+def test_resumed_run_with_nothing_left_goes_straight_to_commit(
+    deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run, todo=0))
+    out = planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)
+    assert out["lanes"] == [] and out["run"]["run_id"] == run.run_id
+
+
+def test_up_to_date_cube_returns_no_run(deployment_env: Queues, context: FakeContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "prepare_run", lambda spec, **kw: Prepared(None, [], 0, False, 0.0))
+    out = planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)
+    assert out["run"] is None and out["lanes"] == []
+    assert TaskQueue(deployment_env.url).depth().total == 0
+
+
+def test_scheduled_input_plans_complete_months_only(
+    deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run, seen=seen))
+    doc = {**spec_doc(f"s3://{BUCKET}/hx.zarr"), "end": "2099-12-31"}
+    planner.handler({"spec": doc, "as_of": "2025-07-03T06:00:00Z"}, context)
+    assert seen["spec"].end == date(2025, 6, 30)
