@@ -145,9 +145,10 @@ class Deployment:
                 f"use one of {', '.join(self.allowed_hosts)} or add it to the stac_hosts setting"
             )
 
-    def lanes_for(self, requested: int | None, tasks: int) -> int:
+    def lanes_for(self, requested: int | None, tasks: int | None = None) -> int:
         """Lanes of a run: as requested (or the default), at most ``max_lanes``, at most one per task."""
-        return max(0, min(requested or self.lanes, self.max_lanes, tasks))
+        lanes = min(requested or self.lanes, self.max_lanes)
+        return lanes if tasks is None else max(0, min(lanes, tasks))
 
 
 # -- the execution input -------------------------------------------------------------------------

@@ -19,18 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cubeless.errors import SpecError
+from cubeless.hrefs import SENTINEL2_COG_HOSTS
 from cubeless.spec import parse_spec
 
 #: Stands for the stack's bucket name in a schedule's spec (``store: s3://{bucket}/cubes/x.zarr``).
 BUCKET_PLACEHOLDER = "{bucket}"
 
 #: Where Sentinel-2 L2A scenes and their catalog live (Element 84 Earth Search, AWS open data).
-DEFAULT_STAC_HOSTS: tuple[str, ...] = (
-    "earth-search.aws.element84.com",
-    "sentinel-cogs.s3.us-west-2.amazonaws.com",
-    "sentinel-cogs.s3.amazonaws.com",
-    "e84-earth-search-sentinel-data.s3.us-west-2.amazonaws.com",
-)
+DEFAULT_STAC_HOSTS: tuple[str, ...] = ("earth-search.aws.element84.com", *SENTINEL2_COG_HOSTS)
 
 
 RETENTION_DAYS = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}

@@ -8,22 +8,17 @@ and where their list is; the execution fails with it.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cubeless.aws import Deployment, RunIncomplete, TasksPending
+from cubeless.aws import RunIncomplete, TasksPending
 from cubeless.commit import commit_run, manifest_uri
 from cubeless.models import RunRecord
 from cubeless.spec import CubeSpec
 from cubeless.state import RunState
+from lambdas.env import deployment, queue
 from lambdas.observability import logger, metrics, tracer
-
-
-@functools.cache
-def deployment() -> Deployment:
-    return Deployment.from_env()
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -36,7 +31,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     missing = manifest.tasks_planned - manifest.tasks_done
     if not manifest.complete:
         where = RunState(record.store, record.run_id).manifest_uri
-        if (left := deployment().queue().depth().total) > 0:
+        if (left := queue().depth().total) > 0:
             raise TasksPending(f"run {record.run_id}: {missing} of {manifest.tasks_planned} tasks not done yet, {left} messages queued or in flight")
         raise RunIncomplete(
             f"run {record.run_id}: {missing} of {manifest.tasks_planned} tasks missing ({manifest.tasks_failed} failed); "

@@ -8,19 +8,14 @@ raises ``SpecError`` with one line, which the state machine turns into the execu
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cubeless.aws import Deployment, parse_request
+from cubeless.aws import parse_request
 from cubeless.runner import prepare_run
+from lambdas.env import deployment, queue
 from lambdas.observability import logger, metrics, tracer
-
-
-@functools.cache
-def deployment() -> Deployment:
-    return Deployment.from_env()
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -29,13 +24,14 @@ def deployment() -> Deployment:
 def handler(event: Any, context: Any) -> dict[str, Any]:
     request = parse_request(event)
     deployment().admit(request.spec)
-    prepared = prepare_run(request.spec, lanes=deployment().lanes_for(request.lanes, 10**9))
+    prepared = prepare_run(request.spec, lanes=deployment().lanes_for(request.lanes))
+    spec = request.spec.model_dump(mode="json")
     if prepared.record is None:
         logger.info("cube is up to date", extra={"cube": request.spec.name})
-        return {"run": None, "lanes": [], "spec": request.spec.model_dump(mode="json")}
-    sent = deployment().queue().enqueue(prepared.todo)
+        return {"run": None, "lanes": [], "spec": spec}
+    sent = queue().enqueue(prepared.todo)
     lanes = deployment().lanes_for(request.lanes, sent)
     record = prepared.record.model_copy(update={"lanes": lanes})
     metrics.add_metric(name="TasksQueued", unit=MetricUnit.Count, value=sent)
     logger.info("run planned", extra={"run_id": record.run_id, "tasks": record.task_count, "queued": sent, "resumed": prepared.resumed})
-    return {"run": record.model_dump(mode="json"), "lanes": list(range(lanes)), "spec": request.spec.model_dump(mode="json")}
+    return {"run": record.model_dump(mode="json"), "lanes": list(range(lanes)), "spec": spec}

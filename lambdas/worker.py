@@ -9,30 +9,20 @@ after 6 receives SQS parks the task in the dead-letter queue.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cubeless.aws import Deployment, Received, TaskQueue
+from cubeless.aws import Received
 from cubeless.execute import execute_task
 from cubeless.models import TaskResult
 from cubeless.state import RunState
+from lambdas.env import deployment, queue
 from lambdas.observability import logger, metrics, tracer
 
 #: First retry delay of a failed task (s); doubles with every receive: 10, 20, 40, 80, 160.
 RETRY_DELAY = 10
-
-
-@functools.cache
-def deployment() -> Deployment:
-    return Deployment.from_env()
-
-
-@functools.cache
-def queue() -> TaskQueue:
-    return deployment().queue()
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -61,11 +61,10 @@ def deployment_env(queues: Queues, monkeypatch: pytest.MonkeyPatch) -> Queues:
     monkeypatch.setenv(ENV["lanes"], "4")
     monkeypatch.setenv(ENV["max_lanes"], "8")
     monkeypatch.setenv(ENV["allowed_hosts"], "earth-search.aws.element84.com,sentinel-cogs.s3.us-west-2.amazonaws.com")
-    from lambdas import commit, planner, worker
+    from lambdas import env
 
-    for module in (planner, worker, commit):
-        module.deployment.cache_clear()
-    worker.queue.cache_clear()
+    env.deployment.cache_clear()
+    env.queue.cache_clear()
     return queues
 
 

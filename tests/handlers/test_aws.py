@@ -170,6 +170,7 @@ def test_deployment_from_env_names_a_missing_variable() -> None:
     )
     assert (d.lanes, d.max_lanes, d.allowed_hosts) == (20, 100, ("a.com", "b.org"))
     assert d.lanes_for(None, 3) == 3 and d.lanes_for(500, 10_000) == 100 and d.lanes_for(None, 0) == 0
+    assert (d.lanes_for(None), d.lanes_for(500)) == (20, 100)
     policy = d.href_policy()
     assert policy.allows("https://a.com/x.tif") and not policy.allows("https://evil.com/x.tif")
     assert not policy.allows("/etc/passwd")
