@@ -347,9 +347,10 @@ class TaskQueue:
     def arn(self) -> str:
         return self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
-    def move_to(self, target: "TaskQueue", *, run_id: str | None = None, limit: int | None = None) -> int:
+    def move_to(self, target: "TaskQueue | None", *, run_id: str | None = None, limit: int | None = None) -> int:
         """Redrive: move messages (of one run, or all) from this queue (the DLQ) to ``target``.
 
+        With ``target=None`` the messages are deleted (their run will re-plan them).
         Messages of other runs stay hidden for a minute and are left in place. Returns the count moved.
         """
         moved = 0
@@ -363,8 +364,9 @@ class TaskQueue:
             chosen = [m for m in messages if run_id is None or m.get("MessageAttributes", {}).get("run_id", {}).get("StringValue") == run_id]
             chosen = chosen[: None if limit is None else limit - moved]
             if chosen:
-                entries = [{"Id": str(i), "MessageBody": m["Body"], "MessageAttributes": _attrs(m)} for i, m in enumerate(chosen)]
-                target._send(entries)
+                if target is not None:
+                    entries = [{"Id": str(i), "MessageBody": m["Body"], "MessageAttributes": _attrs(m)} for i, m in enumerate(chosen)]
+                    target._send(entries)
                 self.sqs.delete_message_batch(
                     QueueUrl=self.url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chosen)]
                 )

@@ -224,6 +224,96 @@ def manifest(store: Annotated[str, typer.Argument(help="Cube store (path or s3:/
     out.print_json(m.model_dump_json())
 
 
+StackOpt = Annotated[str, typer.Option("--stack", envvar="CUBELESS_STACK", help="Deployed stack name.")]
+
+
+def _run_id(spec) -> str | None:  # noqa: ANN001
+    """The run a spec would start now (None when every bin is committed): the execution's name."""
+    from .models import run_id_for
+    from .plan import bins_to_fill
+    from .store import cube_state
+
+    committed, origin = cube_state(spec)
+    bins = bins_to_fill(spec, committed, origin)
+    return run_id_for(spec, bins) if bins else None
+
+
+def _show_execution(ex) -> None:  # noqa: ANN001
+    table = Table(title=f"run {ex.name}: {ex.status}", show_header=False)
+    table.add_row("execution", ex.arn)
+    if ex.started:
+        table.add_row("started", str(ex.started))
+    if ex.stopped:
+        table.add_row("stopped", str(ex.stopped))
+    if ex.cause:
+        table.add_row("[red]cause", ex.cause)
+    if ex.console_url:
+        table.add_row("console", ex.console_url)
+    out.print(table)
+
+
+@app.command()
+def start(
+    spec: SpecArg,
+    stack: StackOpt = "cubeless",
+    lanes: Annotated[Optional[int], typer.Option(min=1, help="Parallel worker lanes [default: the stack's].")] = None,
+) -> None:
+    """Start (or resume) an AWS run of a spec on the deployed state machine."""
+    from .aws import Pipeline, RunRequest
+    from .spec import load_spec
+
+    def body() -> None:
+        s = load_spec(spec)
+        run_id = _run_id(s)
+        if run_id is None:
+            out.print(f"{s.name}: every time bin of the spec is already committed; nothing to do")
+            return
+        ex = Pipeline.from_stack(stack).start(RunRequest(spec=s, lanes=lanes), name=run_id)
+        _show_execution(ex)
+        out.print(f"follow it with: cubeless status {ex.name} --stack {stack}")
+
+    _guard(body)
+
+
+@app.command()
+def status(run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run id / execution name or ARN.")],
+           stack: StackOpt = "cubeless") -> None:
+    """Show an AWS run's execution status, and its failure cause if it failed."""
+    from .aws import Pipeline
+
+    ex = _guard(lambda: Pipeline.from_stack(stack).status(run_name))
+    _show_execution(ex)
+    raise typer.Exit(0 if ex.status in ("SUCCEEDED", "RUNNING") else 1)
+
+
+@app.command()
+def redrive(run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run id / execution name or ARN.")],
+            stack: StackOpt = "cubeless") -> None:
+    """Re-run only the failed tasks of an AWS run (after fixing their cause).
+
+    Clears the run's dead-lettered messages and starts the run again: its planner finds the task
+    list in the store and re-queues only the tasks without a done marker.
+    """
+    import json as _json
+    import re
+
+    from .aws import Pipeline, RunRequest, TaskQueue, parse_request, stack_outputs
+
+    def body() -> None:
+        outputs = stack_outputs(stack)
+        pipeline = Pipeline(outputs["StateMachineArn"])
+        arn = pipeline.execution_arn(run_name)
+        described = pipeline.sfn.describe_execution(executionArn=arn)
+        request: RunRequest = parse_request(_json.loads(described["input"]))
+        run_id = re.sub(r"-r\d+$", "", described["name"])  # executions after the first are <run id>-rN
+        dropped = TaskQueue(outputs["DeadLetterQueueUrl"]).move_to(None, run_id=run_id)
+        ex = pipeline.start(request, name=run_id)
+        out.print(f"cleared {dropped} dead-lettered task message(s); the new execution re-queues every task not done")
+        _show_execution(ex)
+
+    _guard(body)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -14,6 +14,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cubeless import fs
 from cubeless.aws import Received
 from cubeless.execute import execute_task
 from cubeless.models import TaskResult
@@ -34,6 +35,12 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         left = queue().depth().total
         return {"drained": left == 0, "idle": left > 0}
     logger.append_keys(run_id=got.task.run_id, task_id=got.task.task_id, attempt=got.receive_count)
+    state = RunState(got.task.spec.store, got.task.run_id)
+    if fs.exists(state.done_uri(got.task.task_id)):
+        # A duplicate (a resumed run re-queues what it cannot prove done): one HEAD instead of the work.
+        queue().delete(got)
+        metrics.add_metric(name="TasksSkippedDone", unit=MetricUnit.Count, value=1)
+        return {"drained": False, "idle": False, "task_id": got.task.task_id, "skipped": True}
     t0 = time.perf_counter()
     try:
         result = execute_task(got.task, policy=deployment().href_policy())

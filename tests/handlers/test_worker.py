@@ -74,3 +74,21 @@ def test_two_cubes_share_the_queue_without_mixing(
     assert run.state.done_ids() == {t.task_id for t in run.tasks[:3]}
     assert other.state.done_ids() == {t.task_id for t in other.tasks[:3]}
     assert run.run_id != other.run_id and run.spec.store != other.spec.store
+
+
+def test_a_duplicate_of_a_done_task_is_deleted_without_work(
+    deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def execute(task, *, policy):  # noqa: ANN001, ANN202
+        calls.append(task.task_id)
+        return fake_execute(task)
+
+    monkeypatch.setattr(worker, "execute_task", execute)
+    queue = TaskQueue(deployment_env.url)
+    queue.enqueue([run.tasks[0], run.tasks[0]])  # e.g. a resumed run re-queued it
+    first, second = worker.handler({}, context), worker.handler({}, context)
+    assert calls == [run.tasks[0].task_id]
+    assert second == {"drained": False, "idle": False, "task_id": run.tasks[0].task_id, "skipped": True}
+    assert "skipped" not in first and queue.depth().total == 0
