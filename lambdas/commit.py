@@ -35,7 +35,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             raise TasksPending(f"run {record.run_id}: {missing} of {manifest.tasks_planned} tasks not done yet, {left} messages queued or in flight")
         raise RunIncomplete(
             f"run {record.run_id}: {missing} of {manifest.tasks_planned} tasks missing ({manifest.tasks_failed} failed); "
-            f"their list is in {where} (`missing`, `failures`); start the run again to retry them"
+            f"their list is in {where} (`missing`, `failures`); fix the cause, then `cubeless redrive {record.run_id}` retries only them"
         )
     metrics.add_metric(name="BinsCommitted", unit=MetricUnit.Count, value=len(manifest.run_bins))
     logger.info("run committed", extra={"bins": [b.label for b in manifest.run_bins], "tasks": manifest.tasks_done})
