@@ -208,6 +208,8 @@ def run_tasks(
                     kind, body = message
                     if kind == "ok":
                         result = TaskResult.model_validate_json(body).model_copy(update={"attempts": attempt})
+                        if attempt > 1:  # the worker does not know which attempt it ran: record it
+                            state_for(task).mark_done(result)
                         done.append(result)
                         report(result)
                     else:
