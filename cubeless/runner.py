@@ -4,6 +4,8 @@ It applies the same policy as the AWS pipeline: each attempt has a deadline (the
 a failed attempt is retried up to ``retries`` times with exponential backoff and full jitter, and a
 task that exhausts its tries is parked in the run's failed list (the local dead-letter queue).
 A worker process that dies or overruns its deadline is killed and replaced; its task is retried.
+A worker whose attempt failed is replaced too, so no process state (GDAL's cache of a 404, say)
+outlives the attempt that produced it.
 Running the same spec again resumes: it reuses the planned task list and does only what is missing.
 """
 
@@ -213,6 +215,10 @@ def run_tasks(
                         done.append(result)
                         report(result)
                     else:
+                        # A fresh process for the retry: nothing a failed attempt left behind in
+                        # this one (GDAL's /vsicurl/ cache remembers a 404 and would fail every
+                        # retry without a request; half-open connections, leaked memory) carries over.
+                        pool.replace(slot)
                         attempt_failed(task, attempt, body, elapsed)
                 elif not slot.proc.is_alive():
                     code = slot.proc.exitcode

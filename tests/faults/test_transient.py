@@ -181,6 +181,36 @@ def test_stac_throttling_is_retried_with_retry_after(
     assert_identical(store, ref)
 
 
+# -- 1d ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n404", [1, 2], ids=["404-once", "404-twice"])
+def test_cog_404_then_served(
+    tmp_path: Path, synth: SceneSet, reference: Callable[[str], Path], n404: int
+) -> None:
+    """One COG answers 404 to its first GETs. The tasks reading it fail, are retried in a fresh
+    worker process, and then read it. (GDAL's /vsicurl/ remembers a 404 for the life of the
+    process and answers later opens of the URL from that cache without a request, so a retry in
+    the same process fails again, every time: a transient 404 would become a poison task.)"""
+    ref = reference("may")
+    store = tmp_path / "cube.zarr"
+    with FileServer(synth.root) as files:
+        items = http_items(synth.items, synth.root, files.url)
+        target = _first_scene_scl(items)
+        files.faults[target] = Fault(status=404, times=n404)
+        with serve_stac(synth.collection, items) as url:
+            spec = make_spec(url, store, "may")
+            hrefs = HrefPolicy.from_hosts([f"127.0.0.1:{files.port}"], schemes=("http",))
+            rec = Recorder()
+            # One worker: without a fresh process per retry, every retry would run where the 404 is cached.
+            out = run_local(spec, policy=RunPolicy(workers=1, timeout=120.0, retries=5, backoff=0.2),
+                            hrefs=hrefs, progress=rec)
+        statuses = files.requests_for(target)
+    assert out.complete, out.manifest
+    assert statuses[:n404] == [404] * n404 and statuses[n404:] and set(statuses[n404:]) <= {200, 206}, statuses
+    assert len(rec.errors()) == n404 and all("404" in e for e in rec.errors()), rec.errors()
+    assert max(_attempts(store, r.task_id) for r in rec.results if r.status == "failed") >= 2
+    assert_identical(store, ref)
+
+
 # -- 1e ---------------------------------------------------------------------------------------------
 def test_chunk_write_fails_once(tmp_path: Path, stac: str, reference: Callable[[str], Path]) -> None:
     """The filesystem refuses one chunk write (a directory sits where the chunk object goes, so the
