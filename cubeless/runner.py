@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 from .hrefs import HrefPolicy
 from .models import Manifest, RunRecord, Task, TaskResult
 from .spec import CubeSpec
-from .state import RunState
+from .state import CubeLock, RunState
 
 #: Default ceiling on tasks per run; bigger cubes should be split or run on AWS.
 DEFAULT_MAX_TASKS = 200_000
@@ -266,30 +266,39 @@ def prepare_run(
     max_tasks: int = DEFAULT_MAX_TASKS,
     lanes: int = 1,
     on_search: Callable[[int], None] | None = None,
+    lock: CubeLock | None = None,
 ) -> Prepared:
     """Plan a run, or find the interrupted run of the same spec and what it still has to do.
 
-    Nothing is written until the plan has succeeded (spec, catalog and store all checked).
+    Nothing is written until the plan has succeeded (spec, catalog and store all checked). With a
+    ``lock``, it is acquired before the first write (:class:`~cubeless.state.CubeLocked` if another
+    run of the cube holds it); if another run committed while this one planned, it plans again.
     """
-    from .plan import make_plan, record_for
+    from .models import run_id_for
+    from .plan import bins_to_fill, make_plan, record_for
     from .store import cube_state, ensure_cube
 
     t0 = time.perf_counter()
-    committed, origin = cube_state(spec)
-    from .plan import bins_to_fill
-
-    bins = bins_to_fill(spec, committed, origin)
-    if not bins:
-        return Prepared(None, [], 0, False, time.perf_counter() - t0)
-    from .models import run_id_for
-
-    state = RunState(spec.store, run_id_for(spec, bins))
-    if state.exists():
+    while True:
+        committed, origin = cube_state(spec)
+        bins = bins_to_fill(spec, committed, origin)
+        if not bins:
+            return Prepared(None, [], 0, False, time.perf_counter() - t0)
+        state = RunState(spec.store, run_id_for(spec, bins))
+        plan = None if state.exists() else make_plan(
+            spec, committed=committed, origin=origin, max_tasks=max_tasks, progress=on_search
+        )
+        if lock is not None and not lock.held:
+            lock.acquire(state.run_id)
+            if cube_state(spec) != (committed, origin):
+                continue  # another run committed while this one planned: plan again, under the lock
+        break
+    if state.exists():  # an interrupted run (possibly planned by a run that ended while we planned)
         record = state.read_record()
         tasks = list(state.iter_tasks())
         resumed = True
     else:
-        plan = make_plan(spec, committed=committed, origin=origin, max_tasks=max_tasks, progress=on_search)
+        assert plan is not None
         ensure_cube(spec, plan.grid)
         record = record_for(plan, tasks_uri=state.tasks_uri, lanes=lanes)
         state.write_tasks(plan.tasks)
@@ -310,24 +319,29 @@ def run_local(
     progress: Callable[[Progress], None] | None = None,
     on_prepared: Callable[[Prepared], None] | None = None,
 ) -> RunOutcome:
-    """Plan (or resume), execute every missing task, and commit. Returns the manifest."""
+    """Plan (or resume), execute every missing task, and commit. Returns the manifest.
+
+    Holds the cube's :class:`~cubeless.state.CubeLock` from the end of planning to the end of the
+    commit; raises :class:`~cubeless.state.CubeLocked` if another run of the same store holds it.
+    """
     from .commit import commit_run
 
     t0 = time.perf_counter()
-    prepared = prepare_run(spec, max_tasks=max_tasks)
-    if on_prepared:
-        on_prepared(prepared)
-    if prepared.record is None:
-        from .commit import read_manifest
+    with CubeLock(spec.store) as lock:  # one run per cube at a time; held until the commit is done
+        prepared = prepare_run(spec, max_tasks=max_tasks, lock=lock)
+        if on_prepared:
+            on_prepared(prepared)
+        if prepared.record is None:
+            from .commit import read_manifest
 
-        return RunOutcome(read_manifest(spec.store), prepared, PoolOutcome(), time.perf_counter() - t0)
-    record = prepared.record
-    state = RunState(spec.store, record.run_id)
-    hrefs = hrefs or HrefPolicy.local(spec)
-    pool = run_tasks(prepared.todo, state_for=lambda _t: state, policy=policy, hrefs=hrefs, progress=progress)
-    manifest = commit_run(
-        spec.store,
-        record.run_id,
-        extra_timings={"plan_s": round(prepared.plan_seconds, 3), "tasks_wall_s": round(pool.seconds, 3)},
-    )
+            return RunOutcome(read_manifest(spec.store), prepared, PoolOutcome(), time.perf_counter() - t0)
+        record = prepared.record
+        state = RunState(spec.store, record.run_id)
+        hrefs = hrefs or HrefPolicy.local(spec)
+        pool = run_tasks(prepared.todo, state_for=lambda _t: state, policy=policy, hrefs=hrefs, progress=progress)
+        manifest = commit_run(
+            spec.store,
+            record.run_id,
+            extra_timings={"plan_s": round(prepared.plan_seconds, 3), "tasks_wall_s": round(pool.seconds, 3)},
+        )
     return RunOutcome(manifest, prepared, pool, time.perf_counter() - t0)

@@ -12,6 +12,9 @@ Everything lives under ``<store>/_cubeless/runs/<run_id>/``::
 Every write is a single-object put (atomic on S3, temp-file-and-rename locally), so concurrent
 workers never see a torn marker. "Which tasks are done" is ONE listing of ``done/`` (paginated on
 S3, 1,000 keys per page), never one read per task.
+
+One run at a time per cube: :class:`CubeLock` (``<store>/_cubeless/lock``) is held by a run from
+the end of its planning to its commit; a second run of the same store is refused with one line.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 import uuid
 from typing import Any, Iterable, Iterator
 
 from . import fs
+from .errors import UserError
 from .models import RunRecord, Task, TaskResult
 from .spec import CubeSpec
 
@@ -241,3 +246,231 @@ class _AtomicWriter:
                 self._f.discard()  # s3fs: abort the multipart upload
             except Exception:
                 pass
+
+
+# -- the cube lock ----------------------------------------------------------------------------------
+LOCK_KEY = "_cubeless/lock"
+#: A remote lock whose heartbeat is older than this (seconds) belongs to a run that died.
+LOCK_STALE_AFTER = 300.0
+
+
+class CubeLocked(UserError):
+    """Another run of the same cube (store) is in progress; the CLI exits 2 with this one line."""
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a process (clock ticks since boot, from /proc), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _process_start(pid)
+    return start is None or now is None or now == start
+
+
+class CubeLock:
+    """One run at a time per cube: ``<store>/_cubeless/lock``, held from planning to commit.
+
+    * **local store**: the lock file is created if needed and held with ``flock(LOCK_EX|LOCK_NB)``
+      for the whole run. The kernel drops the lock when the process dies however it dies, so a
+      killed run never leaves a stale lock; the file's content (run id, start, pid, host) is only
+      there to name the holder.
+    * **object store** (``s3://``): the lock object is created with a conditional put
+      (``If-None-Match: *``, s3fs ``mode="create"``) and its ``heartbeat`` is rewritten every
+      ``stale_after / 10`` seconds by a daemon thread. A lock whose heartbeat is older than
+      ``stale_after``, or whose holder is a dead process on this host, is stale: it is deleted and
+      the conditional create is tried again (two contenders for a stale lock: one create wins).
+
+    :meth:`acquire` raises :class:`CubeLocked` (a :class:`~cubeless.errors.UserError`) naming the
+    holder. Use as a context manager or call :meth:`release`; releasing twice is harmless.
+    """
+
+    def __init__(self, store: str, *, stale_after: float = LOCK_STALE_AFTER) -> None:
+        self.store = fs.normalize(store)
+        self.uri = fs.join(self.store, LOCK_KEY)
+        self.stale_after = stale_after
+        self.record: dict[str, Any] | None = None
+        self._fd: int | None = None
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def __repr__(self) -> str:
+        return f"CubeLock({self.store!r}, held={self.held})"
+
+    @property
+    def held(self) -> bool:
+        return self.record is not None
+
+    def _new_record(self, run_id: str) -> dict[str, Any]:
+        import socket
+        from datetime import datetime, timezone
+
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return {
+            "run_id": run_id,
+            "started": now,
+            "heartbeat": now,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()),
+            "token": uuid.uuid4().hex,
+        }
+
+    def holder(self) -> dict[str, Any] | None:
+        """The lock's recorded content (who holds or last held it), None if absent or unreadable."""
+        try:
+            doc = json.loads(fs.get_bytes(self.uri) or b"null")
+        except (FileNotFoundError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _refuse(self, holder: dict[str, Any] | None) -> CubeLocked:
+        if not holder:
+            who = "run id unknown"
+        else:
+            who = f"run id {holder.get('run_id', '?')}, started {holder.get('started', '?')}"
+            if holder.get("pid"):
+                who += f", pid {holder['pid']} on {holder.get('host', '?')}"
+        return CubeLocked(
+            f"a run of this cube is in progress ({who}); wait for it to finish or stop it, then run the "
+            f"same command again (it resumes), or write to another `store` (lock: {self.uri})"
+        )
+
+    # -- acquire / release ------------------------------------------------------------------------
+    def acquire(self, run_id: str) -> "CubeLock":
+        """Take the lock for ``run_id`` or raise :class:`CubeLocked`. A no-op if already held."""
+        if self.held:
+            return self
+        if fs.is_remote(self.uri):
+            self._acquire_remote(run_id)
+        else:
+            self._acquire_local(run_id)
+        return self
+
+    def _acquire_local(self, run_id: str) -> None:
+        import fcntl
+
+        from .errors import PlanError
+
+        path = fs.local_path(self.uri)
+        store = fs.local_path(self.store)
+        if os.path.exists(store) and not os.path.isdir(store):
+            raise PlanError(f"store {self.store} is a file; give a directory path or an s3:// URL for the cube")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = None
+                for _ in range(50):  # the holder writes its record right after locking
+                    holder = self.holder()
+                    if holder:
+                        break
+                    time.sleep(0.02)
+                raise self._refuse(holder) from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder unlinked the file as we opened it: lock the new one
+                os.close(fd)
+                continue
+            record = self._new_record(run_id)
+            data = json.dumps(record, indent=1).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            self._fd, self.record = fd, record
+            return
+
+    def _acquire_remote(self, run_id: str) -> None:
+        fsys, path = fs.filesystem(self.uri)
+        for _ in range(3):
+            record = self._new_record(run_id)
+            try:
+                fsys.pipe_file(path, json.dumps(record, indent=1).encode(), mode="create")
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None and not self._is_stale(holder):
+                    raise self._refuse(holder) from None
+                # Stale (or vanished meanwhile): remove it if it is still the same lock, retry.
+                if holder is not None and (self.holder() or {}).get("token") == holder.get("token"):
+                    fs.delete(self.uri)
+                continue
+            self.record = record
+            self._start_heartbeat()
+            return
+        raise self._refuse(self.holder())
+
+    def _is_stale(self, holder: dict[str, Any]) -> bool:
+        import socket
+        from datetime import datetime, timezone
+
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            if not _pid_alive(holder["pid"], holder.get("pid_start")):
+                return True
+        try:
+            beat = datetime.fromisoformat(str(holder.get("heartbeat")))
+        except ValueError:
+            return True
+        if beat.tzinfo is None:
+            beat = beat.replace(tzinfo=timezone.utc)
+        return (datetime.now(timezone.utc) - beat).total_seconds() > self.stale_after
+
+    def _start_heartbeat(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            from datetime import datetime, timezone
+
+            while not self._stop.wait(max(1.0, self.stale_after / 10)):
+                current = self.holder()
+                if self.record is None or (current or {}).get("token") != self.record["token"]:
+                    return  # lost (taken over as stale): never overwrite another run's lock
+                self.record["heartbeat"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                try:
+                    fs.put_bytes(self.uri, json.dumps(self.record, indent=1).encode())
+                except OSError:
+                    pass
+
+        self._thread = threading.Thread(target=beat, name="cubeless-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        """Give the lock up (and remove the lock object, if it is still ours)."""
+        if self.record is None:
+            return
+        token = self.record["token"]
+        self.record = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.unlink(fs.local_path(self.uri))  # still locked by us: nobody holds this inode
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            return
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(5)
+        if (self.holder() or {}).get("token") == token:
+            fs.delete(self.uri)
+
+    def __enter__(self) -> "CubeLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

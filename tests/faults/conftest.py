@@ -12,6 +12,7 @@ tiles): ``may`` is May 2024 only (6 tasks), ``full`` is May-July 2024 (18 tasks;
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -87,3 +88,22 @@ def env() -> dict[str, str]:
     e.pop("COLUMNS", None)
     e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
     return e
+
+
+def write_spec(path: Path, doc: dict[str, Any]) -> Path:
+    """Write a spec document as YAML; returns the path."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 600) -> "subprocess.CompletedProcess[str]":
+    """Run the real `cubeless` command line."""
+    return subprocess.run([CUBELESS, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def cli_popen(*args: str, env: dict[str, str]) -> "subprocess.Popen[str]":
+    """Start `cubeless` in its own session (so the test can kill it and its workers at once)."""
+    return subprocess.Popen([CUBELESS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
