@@ -126,10 +126,12 @@ class Deployment:
         return TaskQueue(self.queue_url, spill_uri=self.spill_uri)
 
     def href_policy(self) -> Any:
-        """The worker's asset allowlist: https on the allowed hosts only."""
+        """The worker's asset allowlist: https on the allowed hosts, and ``s3://`` in the stack's
+        own bucket (scenes staged next to the cubes, which the functions may read anyway); no
+        other bucket, no local paths."""
         from .hrefs import HrefPolicy
 
-        return HrefPolicy.from_hosts(self.allowed_hosts)
+        return HrefPolicy.from_hosts(self.allowed_hosts, schemes=("https", "s3"), buckets=(self.bucket,))
 
     def admit(self, spec: CubeSpec) -> None:
         """Refuse a spec this deployment cannot serve (store elsewhere, catalog not allowed)."""
