@@ -58,7 +58,10 @@ ENV = {
     "lanes": "CUBELESS_LANES",
     "max_lanes": "CUBELESS_MAX_LANES",
     "allowed_hosts": "CUBELESS_ALLOWED_HOSTS",
+    "retry_delay": "CUBELESS_RETRY_DELAY",
 }
+#: First delay (s) before a failed task's message is visible again; doubles with every receive.
+DEFAULT_RETRY_DELAY = 10.0
 
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
 
@@ -94,6 +97,19 @@ def _require(env: Mapping[str, str], key: str) -> str:
     return value
 
 
+def _non_negative(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(ENV[key], "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"environment variable {ENV[key]} is {raw!r}; use a number of seconds >= 0 (default {default:g})")
+    return value
+
+
 # -- the deployment's settings, as the functions see them ---------------------------------------
 
 
@@ -107,6 +123,7 @@ class Deployment:
     lanes: int = 20  #: lanes of a run that does not ask for a number
     max_lanes: int = 100  #: most lanes a run may ask for
     allowed_hosts: tuple[str, ...] = ()  #: hosts of the STAC API and scene assets
+    retry_delay: float = DEFAULT_RETRY_DELAY  #: first retry delay of a failed task (s), doubling per receive
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Deployment":
@@ -120,10 +137,15 @@ class Deployment:
             lanes=int(env.get(ENV["lanes"], "20")),
             max_lanes=int(env.get(ENV["max_lanes"], "100")),
             allowed_hosts=hosts,
+            retry_delay=_non_negative(env, "retry_delay", DEFAULT_RETRY_DELAY),
         )
 
     def queue(self) -> "TaskQueue":
         return TaskQueue(self.queue_url, spill_uri=self.spill_uri)
+
+    def retry_delay_for(self, receive_count: int) -> int:
+        """Seconds a failed task stays invisible after its ``receive_count``-th try (10, 20, 40, ...)."""
+        return int(round(self.retry_delay * 2 ** max(0, receive_count - 1)))
 
     def href_policy(self) -> Any:
         """The worker's asset allowlist: https on the allowed hosts, and ``s3://`` in the stack's

@@ -3,8 +3,9 @@
 Returns ``{"drained": bool, "idle": bool}``. ``drained``: the queue is empty, the lane ends.
 ``idle``: nothing visible but tasks are in flight elsewhere (they may fail and come back), the lane
 waits and asks again. A failed task is recorded (``RunState.mark_failed``), its message comes back
-after a short backoff, and the handler raises: the lane's Retry and SQS's redelivery apply, and
-after 6 receives SQS parks the task in the dead-letter queue.
+after a backoff (10, 20, 40, 80, 160 s; ``CUBELESS_RETRY_DELAY`` sets the first), and the handler
+raises: the lane's Retry and SQS's redelivery apply, and after 6 receives SQS parks the task in the
+dead-letter queue.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from cubeless.models import TaskResult
 from cubeless.state import RunState
 from lambdas.env import deployment, queue
 from lambdas.observability import logger, metrics, tracer
-
-#: First retry delay of a failed task (s); doubles with every receive: 10, 20, 40, 80, 160.
-RETRY_DELAY = 10
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -62,6 +60,6 @@ def record_failure(got: Received, exc: Exception, seconds: float) -> None:
     result = TaskResult(task_id=got.task.task_id, status="failed", attempts=got.receive_count, error=error, seconds=round(seconds, 3))
     try:
         RunState(got.task.spec.store, got.task.run_id).mark_failed(result)
-        queue().retry_later(got, RETRY_DELAY * 2 ** (got.receive_count - 1))
+        queue().retry_later(got, deployment().retry_delay_for(got.receive_count))
     except Exception:  # the task's own error is the one to raise
         logger.exception("could not record the failure")

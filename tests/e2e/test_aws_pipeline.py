@@ -18,3 +18,15 @@ def test_the_worker_reads_s3_scenes_in_its_own_bucket_only() -> None:
     assert policy.allows("https://sentinel-cogs.s3.us-west-2.amazonaws.com/x/B04.tif")
     for href in ("s3://other-bucket/B04.tif", "s3://cubes-evil/B04.tif", "https://evil.example.com/B04.tif", "/etc/passwd", "file:///etc/passwd"):
         assert not policy.allows(href), href
+
+
+def test_the_retry_delay_of_a_failed_task_comes_from_the_environment() -> None:
+    from cubeless.aws import ConfigError
+
+    base = {"CUBELESS_BUCKET": "b", "CUBELESS_QUEUE_URL": "q", "CUBELESS_SPILL_URI": "s3://b/_q"}
+    assert [Deployment.from_env(base).retry_delay_for(n) for n in range(1, 6)] == [10, 20, 40, 80, 160]  # production
+    fast = Deployment.from_env({**base, "CUBELESS_RETRY_DELAY": "0.5"})
+    assert [fast.retry_delay_for(n) for n in range(1, 6)] == [0, 1, 2, 4, 8]
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(ConfigError, match="CUBELESS_RETRY_DELAY is"):
+            Deployment.from_env({**base, "CUBELESS_RETRY_DELAY": bad})
