@@ -258,6 +258,7 @@ class TaskQueue:
         self._sqs = sqs
         self._s3 = s3
         self._lock = threading.Lock()
+        self._max_receives: tuple[int | None] | None = None  # (value,) once read
 
     @property
     def sqs(self) -> Any:
@@ -362,6 +363,15 @@ class TaskQueue:
     def retry_later(self, received: Received, seconds: int) -> None:
         """A try failed: make the message visible again after ``seconds`` (not the full timeout)."""
         self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=received.receipt, VisibilityTimeout=max(0, min(seconds, 43_200)))
+
+    def max_receives(self) -> int | None:
+        """Receives after which SQS moves a message to the dead-letter queue (the queue's redrive
+        policy; None without one). Read once per queue object."""
+        if self._max_receives is None:
+            attrs = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["RedrivePolicy"])["Attributes"]
+            policy = attrs.get("RedrivePolicy")
+            self._max_receives = (int(json.loads(policy)["maxReceiveCount"]) if policy else None,)
+        return self._max_receives[0]
 
     def depth(self) -> QueueDepth:
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]

@@ -5,7 +5,8 @@ Returns ``{"drained": bool, "idle": bool}``. ``drained``: the queue is empty, th
 waits and asks again. A failed task is recorded (``RunState.mark_failed``), its message comes back
 after a backoff (10, 20, 40, 80, 160 s; ``CUBELESS_RETRY_DELAY`` sets the first), and the handler
 raises: the lane's Retry and SQS's redelivery apply, and after 6 receives SQS parks the task in the
-dead-letter queue.
+dead-letter queue. The last try's message comes back at once, so that SQS parks it on the next
+receive instead of after one more backoff (which would keep the lanes and the commit waiting).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def record_failure(got: Received, exc: Exception, seconds: float) -> None:
     result = TaskResult(task_id=got.task.task_id, status="failed", attempts=got.receive_count, error=error, seconds=round(seconds, 3))
     try:
         RunState(got.task.spec.store, got.task.run_id).mark_failed(result)
-        queue().retry_later(got, deployment().retry_delay_for(got.receive_count))
+        last = queue().max_receives()
+        queue().retry_later(got, 0 if last is not None and got.receive_count >= last else deployment().retry_delay_for(got.receive_count))
     except Exception:  # the task's own error is the one to raise
         logger.exception("could not record the failure")

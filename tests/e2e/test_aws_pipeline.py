@@ -30,3 +30,40 @@ def test_the_retry_delay_of_a_failed_task_comes_from_the_environment() -> None:
     for bad in ("-1", "soon", "nan"):
         with pytest.raises(ConfigError, match="CUBELESS_RETRY_DELAY is"):
             Deployment.from_env({**base, "CUBELESS_RETRY_DELAY": bad})
+
+
+def test_the_last_try_of_a_task_comes_back_at_once_to_be_dead_lettered(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "handlers"))
+    from aws_helpers import Run, spec_doc
+
+    from cubeless.aws import Received, TaskQueue
+    from cubeless.spec import parse_spec
+    from lambdas import worker
+
+    class Sqs:
+        def __init__(self) -> None:
+            self.visibility: list[int] = []
+            self.attribute_reads = 0
+
+        def get_queue_attributes(self, QueueUrl, AttributeNames):  # noqa: ANN001, ANN202, N803
+            self.attribute_reads += 1
+            return {"Attributes": {"RedrivePolicy": json.dumps({"deadLetterTargetArn": "arn:dlq", "maxReceiveCount": "6"})}}
+
+        def change_message_visibility(self, QueueUrl, ReceiptHandle, VisibilityTimeout):  # noqa: ANN001, ANN202, N803
+            self.visibility.append(VisibilityTimeout)
+
+    sqs = Sqs()
+    queue = TaskQueue("https://sqs.example/q", sqs=sqs)
+    run = Run(parse_spec(spec_doc(str(tmp_path / "hx.zarr"))))
+    monkeypatch.setattr(worker, "queue", lambda: queue)
+    monkeypatch.setattr(worker, "deployment", lambda: Deployment(bucket="b", queue_url=queue.url, spill_uri="s3://b/_q"))
+    for n in range(1, 7):
+        worker.record_failure(Received(run.tasks[0], f"r{n}", n, "m"), RuntimeError("corrupt COG"), 0.1)
+    assert sqs.visibility == [10, 20, 40, 80, 160, 0]  # the 6th (last) try: no 320 s wait before the DLQ
+    assert sqs.attribute_reads == 1
+    assert run.state.failures()[run.tasks[0].task_id].attempts == 6
+    assert TaskQueue("https://sqs.example/q", sqs=type("NoDlq", (), {"get_queue_attributes": lambda *a, **k: {"Attributes": {}}})()).max_receives() is None
