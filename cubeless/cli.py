@@ -12,6 +12,7 @@ from typing import Annotated, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
@@ -35,7 +36,9 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: messages quote user input and lists in brackets ("[west, south, east, north]"),
+        # which rich would otherwise take for markup tags and silently drop.
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted: run the same command again to resume where it stopped")
@@ -177,7 +180,7 @@ def _summary(outcome) -> None:  # noqa: ANN001
     if m.cost:
         table.add_row("Lambda cost estimate", f"${m.cost.total_usd:.4f} (${m.cost.usd_per_1000_tasks:.3f} per 1,000 tasks)")
     for tid, why in list(m.failures.items())[:10]:
-        table.add_row(f"[red]failed {tid}", why[:160])
+        table.add_row(f"[red]failed {escape(tid)}", escape(why[:160]))
     if not m.complete:
         table.add_row("[yellow]next", "fix the cause, then run the same command again: only failed tasks are redone")
     out.print(table)
@@ -219,7 +222,8 @@ def manifest(store: Annotated[str, typer.Argument(help="Cube store (path or s3:/
 
     m = _guard(lambda: read_manifest(store))
     if m is None:
-        err.print(f"[bold red]error:[/] {store} has no manifest: no run has committed there yet")
+        err.print(f"[bold red]error:[/] {escape(store)} has no manifest: no run has committed there yet",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     out.print_json(m.model_dump_json())
 

@@ -80,7 +80,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, stac: str) -> Callable[[
     return get
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def env() -> dict[str, str]:
     """Environment for CLI subprocesses (no colour codes, default width, this venv first on PATH)."""
     e = dict(os.environ)

@@ -1,0 +1,180 @@
+"""Issue 4, scenario 8: malformed specs and inputs through the real command line.
+
+For every case: exit code 2, exactly one line on stderr that names the problem and the fix, no
+traceback, and nothing written (the spec's store does not exist afterwards). The cases run
+concurrently (one module fixture) and each is reported as its own test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+from conftest import CUBELESS, spec_doc
+
+pytestmark = pytest.mark.xdist_group("faults-input")
+
+#: A line "names the fix" when it tells the user what to do, or states the rule the input must
+#: follow ("longitudes must be within -180..180; bbox is [west, south, east, north] in degrees").
+FIX = re.compile(r"\b(use|add|give|remove|fix|check|split|swap|write|save|put|choose|raise|set|see|list|leave|start|wait|must)\b")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Case:
+    id: str
+    command: str  #: validate | plan | run (run means `run --local`)
+    edit: Callable[[dict[str, Any], Path], Any] | None = None  #: edits the spec doc (or returns raw file content)
+    expect: str = ""  #: a fragment the error line must contain
+    args: tuple[str, ...] = ()
+    spec_path: Callable[[Path], Path] | None = None  #: a spec path other than the written one
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _set(**kw: Any) -> Callable[[dict[str, Any], Path], None]:
+    def edit(doc: dict[str, Any], _tmp: Path) -> None:
+        doc.update(kw)
+    return edit
+
+
+def _drop(*keys: str, **kw: Any) -> Callable[[dict[str, Any], Path], None]:
+    def edit(doc: dict[str, Any], _tmp: Path) -> None:
+        for k in keys:
+            doc.pop(k)
+        doc.update(kw)
+    return edit
+
+
+def _aoi(content: str | dict[str, Any] | None) -> Callable[[dict[str, Any], Path], None]:
+    """Replace the bbox by an AOI file with ``content`` (None: a path that does not exist)."""
+    def edit(doc: dict[str, Any], tmp: Path) -> None:
+        path = tmp / "aoi.geojson"
+        if content is not None:
+            path.write_text(content if isinstance(content, str) else json.dumps(content))
+        doc.pop("bbox")
+        doc["aoi"] = str(path)
+    return edit
+
+
+def _raw(text: str | bytes) -> Callable[[dict[str, Any], Path], str | bytes]:
+    return lambda _doc, _tmp: text
+
+
+ANTIMERIDIAN = {"type": "Polygon", "coordinates": [[[179.5, -17], [-179.5, -17], [-179.5, -16], [179.5, -16], [179.5, -17]]]}
+
+CASES = [
+    Case("bbox-out-of-range", "validate", _set(bbox=[200, 46, 201, 47]), "longitudes must be within -180..180"),
+    Case("bbox-inverted-lat", "validate", _set(bbox=[6.0, 46.4, 6.1, 46.3]), "bbox is [west, south, east, north]"),
+    Case("bbox-antimeridian", "validate", _set(bbox=[179.5, -17, -179.5, -16]), "crossing the antimeridian"),
+    Case("bbox-3-numbers", "validate", _set(bbox=[6.0, 46.3, 6.1]), "`bbox` has too few items; give [west, south, east, north]"),
+    Case("bbox-5-numbers", "validate", _set(bbox=[6.0, 46.3, 6.1, 46.4, 0]), "`bbox` has too many items"),
+    Case("bbox-not-a-list", "validate", _set(bbox="6,46,7,47"), "spec field `bbox`"),
+    Case("start-after-end", "validate", _set(start="2024-06-01", end="2024-05-01"), "is after end"),
+    Case("impossible-date", "validate", _set(end="2024-02-30"), "spec field `end`"),
+    Case("bands-empty", "validate", _set(bands=[]), "e.g. [red, green, blue]"),
+    Case("band-unknown", "plan", _set(bands=["red", "nir09"]), "band 'nir09' not in collection assets [blue, green, red, scl]"),
+    Case("band-unknown-run", "run", _set(bands=["red", "nir09"]), "fix `bands`"),
+    Case("scl-as-band", "validate", _set(bands=["red", "scl"]), "`scl` is the mask band"),
+    Case("resolution-zero", "validate", _set(resolution=0), "spec field `resolution`"),
+    Case("resolution-negative", "validate", _set(resolution=-0.001), "spec field `resolution`"),
+    Case("resolution-metres-in-degrees", "validate", _set(resolution=30), "is in degrees for EPSG:4326"),
+    Case("chunk-too-small", "validate", _set(chunk=8), "use 64..4096 pixels"),
+    Case("chunk-too-large", "validate", _set(chunk=100_000), "use 64..4096 pixels"),
+    Case("crs-unknown", "validate", _set(crs="EPSG:999999"), "is not a CRS pyproj knows"),
+    Case("interval-unknown", "validate", _set(interval="fortnight"), "use week, month, quarter or year"),
+    Case("field-unknown", "validate", _set(colour="red"), "spec field `colour` is not known"),
+    Case("field-misspelt", "validate", _drop("resolution", resolutoin=0.00027), "spec field `resolutoin` is not known"),
+    Case("missing-store", "validate", _drop("store"), "spec field `store` is required"),
+    Case("missing-name", "validate", _drop("name"), "spec field `name` is required"),
+    Case("missing-bbox-and-aoi", "validate", _drop("bbox"), "exactly one of `bbox` or `aoi`"),
+    Case("mask-class-out-of-range", "validate", _set(mask={"scl_exclude": [12]}), "SCL classes are 0-11"),
+    Case("cloud-cover-150", "validate", _set(max_cloud_cover=150), "use a percentage 0..100"),
+    Case("aoi-missing-file", "plan", _aoi(None), "does not exist"),
+    Case("aoi-missing-file-run", "run", _aoi(None), "does not exist"),
+    Case("aoi-not-json", "run", _aoi("this is { not json"), "is not JSON"),
+    Case("aoi-a-point", "plan", _aoi({"type": "Point", "coordinates": [6, 46]}), "only Polygon or MultiPolygon"),
+    Case("aoi-antimeridian", "plan", _aoi(ANTIMERIDIAN), "crosses the antimeridian"),
+    Case("too-many-tasks", "run", None, "over max_tasks 2", args=("--max-tasks", "2")),
+    Case("too-many-tasks-plan", "plan", None, "over max_tasks 2", args=("--max-tasks", "2")),
+    Case("name-unsafe", "validate", _set(name="My Cube!"), "is not a safe name"),
+    Case("name-path-traversal", "validate", _set(name="../etc"), "is not a safe name"),
+    Case("stac-not-a-url", "validate", _set(stac_api="not a url"), "is not an http(s) URL"),
+    Case("stac-unreachable", "plan", lambda d, t: d.update(stac_api=f"http://127.0.0.1:{_closed_port()}"), "is unreachable"),
+    Case("stac-unreachable-run", "run", lambda d, t: d.update(stac_api=f"http://127.0.0.1:{_closed_port()}"), "is unreachable"),
+    Case("collection-unknown", "run", _set(collection="sentinel-3"), "collection 'sentinel-3' not found"),
+    Case("store-is-a-file", "run", lambda d, t: (t / "a-file").write_text("x") and d.update(store=str(t / "a-file")), "is a file"),
+    Case("spec-missing", "validate", None, "does not exist", spec_path=lambda t: t / "nowhere.yaml"),
+    Case("spec-a-directory", "validate", None, "is a directory", spec_path=lambda t: t),
+    Case("spec-empty", "run", _raw(""), "is empty"),
+    Case("spec-only-blank-lines", "validate", _raw("  \n\n"), "is empty"),
+    Case("spec-not-yaml", "validate", _raw("name: [unclosed\n  - x: {"), "is not valid YAML or JSON"),
+    Case("spec-binary", "validate", _raw(b"\x00\xff\xfe\x89PNG binary"), "is not UTF-8 text"),
+    Case("spec-a-list", "validate", _raw("- name\n- store\n"), "must be a YAML/JSON object"),
+    Case("spec-a-number", "run", _raw("42\n"), "must be a YAML/JSON object"),
+    Case("spec-oversized", "validate", _raw("# padding\n" * 30_000 + "name: x\n"), "over the 262144 byte limit"),
+]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory, stac: str, env: dict[str, str]) -> dict[str, Case]:
+    root = tmp_path_factory.mktemp("bad-input")
+
+    def one(case: Case) -> Case:
+        tmp = root / case.id
+        tmp.mkdir()
+        store = tmp / "cube.zarr"
+        doc = spec_doc(stac, store, "may")
+        body = case.edit(doc, tmp) if case.edit else None
+        path = tmp / "spec.yaml"
+        if isinstance(body, bytes):
+            path.write_bytes(body)
+        elif isinstance(body, str):
+            path.write_text(body)
+        else:
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        if case.spec_path is not None:
+            path = case.spec_path(tmp)
+        args = ["run", str(path), "--local", "--workers", "1"] if case.command == "run" else [case.command, str(path)]
+        p = subprocess.run([CUBELESS, *args, *case.args], capture_output=True, text=True, env=env, timeout=300)
+        case.result = {"code": p.returncode, "stderr": p.stderr, "stdout": p.stdout,
+                       "store": Path(doc.get("store", store))}
+        return case
+
+    with ThreadPoolExecutor(4) as pool:
+        return {c.id: c for c in pool.map(one, CASES)}
+
+
+def test_at_least_25_cases() -> None:
+    assert len(CASES) >= 25 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES])
+def test_bad_input(outcomes: dict[str, Case], case_id: str) -> None:
+    case = outcomes[case_id]
+    r = case.result
+    lines = [ln for ln in r["stderr"].splitlines() if ln.strip()]
+    assert "Traceback" not in r["stderr"] + r["stdout"], r["stderr"]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {r['stderr']!r}"
+    line = lines[0]
+    assert r["code"] == 2, (r["code"], line)
+    assert line.startswith("error: "), line
+    assert case.expect in line, f"{case.expect!r} not in {line!r}"
+    assert FIX.search(line.split(":", 1)[1]), f"the line names no fix: {line!r}"
+    store = r["store"]
+    if case.id != "store-is-a-file":
+        assert not store.exists(), f"{store} was written"
+    else:
+        assert store.read_text() == "x"
