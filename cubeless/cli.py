@@ -41,7 +41,7 @@ def _guard(fn: Callable[[], T]) -> T:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        err.print("interrupted: run the same command again to resume where it stopped")
+        err.print("interrupted: run the same command again to resume where it stopped", soft_wrap=True)
         raise typer.Exit(130) from None
 
 
@@ -107,7 +107,7 @@ def run(
 
     if not local:
         err.print("[bold red]error:[/] `cubeless run` builds on this machine: add --local, "
-                  "or start an AWS run with `cubeless start SPEC`")
+                  "or start an AWS run with `cubeless start SPEC`", soft_wrap=True)
         raise typer.Exit(2)
     s = _guard(lambda: load_spec(spec))
     outcome = _guard(lambda: _run_with_progress(s, workers=workers, timeout=timeout, retries=retries,
@@ -319,8 +319,34 @@ def redrive(run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run id 
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Bad options are bad input like any other: one line naming the problem and where to look,
+    exit 2 (click's own report is a usage line plus a boxed panel).
+    """
+    import sys
+
+    try:  # typer >= 0.2x carries its own copy of click
+        from typer._click.exceptions import ClickException, UsageError
+    except ImportError:  # pragma: no cover - typer on top of click
+        from click.exceptions import ClickException, UsageError  # type: ignore[assignment]
+
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `cubeless` alone: the help was printed
+            sys.exit(exc.exit_code)
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+        msg = exc.format_message().rstrip(".")
+        err.print(f"[bold red]error:[/] {escape(msg)}{escape(where)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except ClickException as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted", highlight=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

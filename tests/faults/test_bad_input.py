@@ -36,7 +36,7 @@ def _closed_port() -> int:
 @dataclass
 class Case:
     id: str
-    command: str  #: validate | plan | run (run means `run --local`)
+    command: str  #: validate | plan | run (`run --local`) | run-nolocal | none (only ``args``)
     edit: Callable[[dict[str, Any], Path], Any] | None = None  #: edits the spec doc (or returns raw file content)
     expect: str = ""  #: a fragment the error line must contain
     args: tuple[str, ...] = ()
@@ -125,6 +125,13 @@ CASES = [
     Case("spec-a-list", "validate", _raw("- name\n- store\n"), "must be a YAML/JSON object"),
     Case("spec-a-number", "run", _raw("42\n"), "must be a YAML/JSON object"),
     Case("spec-oversized", "validate", _raw("# padding\n" * 30_000 + "name: x\n"), "over the 262144 byte limit"),
+    # Options are input too.
+    Case("run-without-local", "run-nolocal", None, "add --local"),
+    Case("workers-zero", "run", None, "Invalid value for '--workers'", args=("--workers", "0")),
+    Case("timeout-zero", "run", None, "Invalid value for '--timeout'", args=("--timeout", "0")),
+    Case("retries-not-a-number", "run", None, "Invalid value for '--retries'", args=("--retries", "many")),
+    Case("option-unknown", "run", None, "No such option: --frobnicate", args=("--frobnicate",)),
+    Case("spec-argument-missing", "none", None, "Missing argument 'spec'", args=("validate",)),
 ]
 
 
@@ -147,7 +154,11 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, stac: str, env: dict[str,
             path.write_text(yaml.safe_dump(doc, sort_keys=False))
         if case.spec_path is not None:
             path = case.spec_path(tmp)
-        args = ["run", str(path), "--local", "--workers", "1"] if case.command == "run" else [case.command, str(path)]
+        args = {
+            "run": ["run", str(path), "--local", "--workers", "1"],
+            "run-nolocal": ["run", str(path)],
+            "none": [],
+        }.get(case.command, [case.command, str(path)])
         p = subprocess.run([CUBELESS, *args, *case.args], capture_output=True, text=True, env=env, timeout=300)
         case.result = {"code": p.returncode, "stderr": p.stderr, "stdout": p.stdout,
                        "store": Path(doc.get("store", store))}
