@@ -208,6 +208,43 @@ def commit_run(
     return result
 
 
+def manifest_is_current(store: str) -> bool:
+    """Whether the store's manifest describes exactly its committed time steps (True for no cube)."""
+    info = cube.cube_info(store)
+    if info is None or not info.committed_bins:
+        return True
+    latest = read_manifest(store)
+    return latest is not None and [b.start for b in latest.committed_bins] == [b.start for b in info.committed_bins]
+
+
+def repair_manifest(store: str) -> Manifest | None:
+    """Make the store's manifest describe its committed time steps again; return it.
+
+    A commit publishes the time steps and then writes the manifest: one that died in between
+    leaves a cube whose manifest is missing or older than its time axis (a reader would be told
+    less than the cube holds). This commits again (idempotent) the run that filled the last
+    committed time step, which writes its manifest. Returns the store's manifest afterwards.
+    """
+    from .state import list_runs
+
+    store = fs.normalize(store)
+    if manifest_is_current(store):
+        return read_manifest(store)
+    info = cube.cube_info(store)
+    assert info is not None
+    last = info.committed_bins[-1].start
+    for run_id in list_runs(store):
+        try:
+            record = RunState(store, run_id).read_record()
+        except (FileNotFoundError, ValueError):
+            continue
+        if record.bins and max(b.start for b in record.bins) == last:
+            if commit_run(store, run_id).complete and manifest_is_current(store):
+                log.warning("repaired the manifest of %s from run %s (its commit had stopped before it)", store, run_id)
+                break
+    return read_manifest(store)
+
+
 def summary(manifest: Manifest) -> str:
     """One line describing a manifest, for CLIs and logs."""
     if manifest.complete:

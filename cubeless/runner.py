@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 from .hrefs import HrefPolicy
 from .models import Manifest, RunRecord, Task, TaskResult
 from .spec import CubeSpec
-from .state import CubeLock, RunState
+from .state import CubeLock, CubeLocked, RunState
 
 #: Default ceiling on tasks per run; bigger cubes should be split or run on AWS.
 DEFAULT_MAX_TASKS = 200_000
@@ -332,9 +332,17 @@ def run_local(
         if on_prepared:
             on_prepared(prepared)
         if prepared.record is None:
-            from .commit import read_manifest
+            from .commit import manifest_is_current, read_manifest, repair_manifest
 
-            return RunOutcome(read_manifest(spec.store), prepared, PoolOutcome(), time.perf_counter() - t0)
+            manifest = read_manifest(spec.store)
+            if not manifest_is_current(spec.store):  # a commit died after publishing: finish it
+                try:
+                    lock.acquire("repair-manifest")
+                except CubeLocked:
+                    pass  # a run in progress will write a newer manifest
+                else:
+                    manifest = repair_manifest(spec.store)
+            return RunOutcome(manifest, prepared, PoolOutcome(), time.perf_counter() - t0)
         record = prepared.record
         state = RunState(spec.store, record.run_id)
         hrefs = hrefs or HrefPolicy.local(spec)

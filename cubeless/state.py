@@ -204,6 +204,23 @@ class RunState:
         fs.put_bytes(self.manifest_uri, data)
 
 
+def list_runs(store: str) -> list[str]:
+    """Ids of the runs with state in ``store`` (one listing of ``_cubeless/runs/``), sorted."""
+    uri = fs.join(fs.normalize(store), RUNS_PREFIX)
+    if not fs.is_remote(uri):
+        try:
+            return sorted(e.name for e in os.scandir(fs.local_path(uri)) if e.is_dir() and not e.name.startswith("."))
+        except FileNotFoundError:
+            return []
+    fsys, path = fs.filesystem(uri)
+    fsys.invalidate_cache(path)
+    try:
+        entries = fsys.ls(path, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+    return sorted(str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+
 def _marker_ids(names: Iterable[str]) -> set[str]:
     return {n[: -len(_MARKER_SUFFIX)] for n in names if n.endswith(_MARKER_SUFFIX) and not n.startswith(".")}
 

@@ -350,6 +350,40 @@ def _install_block(fault_dir: str, chunk_path: str) -> None:
     local._put = _put
 
 
+def execute_in_lockstep(task_jsons: list[str], barrier: Any, hrefs: HrefPolicy | None, out: Any) -> None:
+    """Body of a duplicate-delivery process: execute each task right when the twin process does
+    (a barrier before each), and report the chunk counts on ``out`` (a queue)."""
+    from cubeless.execute import execute_task
+    from cubeless.models import Task
+
+    for tj in task_jsons:
+        barrier.wait(timeout=300)
+        result = execute_task(Task.model_validate_json(tj), policy=hrefs)
+        out.put((os.getpid(), result.task_id, result.chunks_written))
+
+
+def run_and_die_before_store_manifest(spec_json: str) -> None:
+    """Body of a process that runs a cube and is SIGKILLed (by itself, at that exact point) when
+    its commit is about to write the store's manifest: after the time steps were published."""
+    import signal
+
+    from cubeless import fs
+    from cubeless.runner import RunPolicy, run_local
+    from cubeless.spec import CubeSpec
+
+    spec = CubeSpec.model_validate_json(spec_json)
+    target = fs.join(fs.normalize(spec.store), "_cubeless/manifest.json")
+    original = fs.put_bytes
+
+    def put_bytes(url: str, data: bytes) -> None:
+        if url == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        original(url, data)
+
+    fs.put_bytes = put_bytes  # type: ignore[assignment]
+    run_local(spec, policy=RunPolicy(workers=2, backoff=0.2))
+
+
 # ---------------------------------------------------------------------------------------------
 # Process helpers (/proc scanning, no psutil)
 # ---------------------------------------------------------------------------------------------
@@ -465,5 +499,5 @@ def url_path(href: str) -> str:
 __all__ = [
     "Fault", "FileServer", "Throttle", "StacProxy", "Listener", "FaultPolicy", "children_of", "parent_of",
     "alive", "wait_for", "cube_files", "chunk_files", "assert_identical", "markers", "read_json",
-    "http_items", "url_path",
+    "http_items", "url_path", "execute_in_lockstep", "run_and_die_before_store_manifest",
 ]

@@ -1,0 +1,95 @@
+"""Issue 4, scenario 4: `cubeless run SPEC --local` killed (SIGKILL, with its workers) after the
+plan and about half the tasks; the same command again does only the remaining tasks and the cube
+is byte-identical to a clean run. And a run killed inside its commit, after publishing the time
+steps but before writing the store's manifest: the same command again repairs the manifest."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import xarray as xr
+from conftest import cli, cli_popen, make_spec, spec_doc, write_spec
+from faultkit import assert_identical, markers, run_and_die_before_store_manifest, wait_for
+
+from cubeless.commit import read_manifest
+from cubeless.state import LOCK_KEY
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-runs")]
+
+TASKS = 18  # the `full` cube: 6 tiles x 3 months
+
+
+def test_killed_run_resumes_only_what_is_missing(
+    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str]
+) -> None:
+    ref = reference("full")
+    store = tmp_path / "cube.zarr"
+    spec = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "full"))
+    args = ("run", str(spec), "--local", "--workers", "2")
+
+    first = cli_popen(*args, env=env)
+    try:
+        wait_for(lambda: len(markers(store, "done")) >= TASKS // 2, 300, "half the tasks to be done")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the CLI and its worker processes, at once
+        first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+
+    before = {tid: (p.stat().st_mtime_ns, p.read_bytes()) for tid, p in markers(store, "done").items()}
+    k = len(before)
+    assert TASKS // 2 <= k < TASKS, f"{k} tasks were done when the run was killed"
+    assert read_manifest(str(store)) is None, "an interrupted run must not commit"
+    assert (store / LOCK_KEY).exists()  # left behind by the killed run, but not held
+
+    again = cli(*args, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    run_id = next(Path(store, "_cubeless", "runs").iterdir()).name
+    assert f"resuming run {run_id}: {TASKS} tasks ({k} already done)" in again.stderr, again.stderr
+    assert re.search(rf"done before this invocation\s+│?\s*{k}\b", again.stdout), again.stdout
+    assert re.search(rf"tasks planned / done / failed\s+│?\s*{TASKS} / {TASKS} / 0", again.stdout), again.stdout
+
+    after = markers(store, "done")
+    assert len(after) == TASKS
+    unchanged = [tid for tid, (mtime, body) in before.items()
+                 if after[tid].stat().st_mtime_ns == mtime and after[tid].read_bytes() == body]
+    assert sorted(unchanged) == sorted(before), "a task done before the kill was run again"
+    manifest = read_manifest(str(store))
+    assert manifest is not None and manifest.complete and len(manifest.committed_bins) == 3
+    assert_identical(store, ref)
+
+
+def test_killed_between_publish_and_manifest(
+    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str]
+) -> None:
+    """The commit publishes (root zarr.json) and then writes the store's manifest; a run killed in
+    between leaves a cube whose manifest lags behind it. Running the same command again has
+    nothing to compute, but finishes that commit: the manifest describes the cube again."""
+    ref = reference("may")
+    store = tmp_path / "cube.zarr"
+    spec = make_spec(stac, store, "may")
+    proc = mp.get_context("spawn").Process(target=run_and_die_before_store_manifest, args=(spec.model_dump_json(),))
+    proc.start()
+    proc.join(600)
+    assert proc.exitcode == -signal.SIGKILL
+    assert xr.open_zarr(store, chunks=None).sizes["time"] == 1  # published ...
+    assert read_manifest(str(store)) is None  # ... but the manifest was never written
+    run_id = next(Path(store, "_cubeless", "runs").iterdir()).name
+    run_manifest = read_manifest(str(store), run_id)
+    assert run_manifest is not None and run_manifest.complete
+
+    path = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "may"))
+    again = cli("run", str(path), "--local", "--workers", "2", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already committed; nothing to do" in again.stderr
+    manifest = read_manifest(str(store))
+    assert manifest is not None and manifest.complete and manifest.run_id == run_id
+    assert [b.start for b in manifest.committed_bins] == [b.start for b in run_manifest.committed_bins]
+    shown = cli("manifest", str(store), env=env)
+    assert shown.returncode == 0 and f'"run_id": "{run_id}"' in shown.stdout
+    assert_identical(store, ref)
