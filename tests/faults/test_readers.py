@@ -1,0 +1,109 @@
+"""Issue 4, scenario 5: a reader polling ``xarray.open_zarr(store)`` while runs write never sees a
+half-written time step, and never a manifest claiming more than the cube holds.
+
+Two runs: one creates the cube (May), the next extends it (June, July). A reader thread opens the
+cube over and over (xarray's defaults: consolidated metadata) and checks each snapshot against
+the fault-free cube: the time axis only ever has a committed length (0 or absent, 1, 3, never 2),
+every visible time step equals the reference everywhere (all tiles, all variables), and a
+complete manifest read just before never lists more time steps than the snapshot has.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import POLICY, make_spec
+from faultkit import read_json
+
+from cubeless.runner import run_local
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.xdist_group("faults-poison"),
+    # While the cube is being created its root zarr.json exists before its consolidated metadata.
+    pytest.mark.filterwarnings("ignore:Failed to open Zarr store with consolidated metadata:RuntimeWarning"),
+]
+
+
+class Reader(threading.Thread):
+    def __init__(self, store: Path, ref: xr.Dataset) -> None:
+        super().__init__(daemon=True)
+        self.store, self.ref = store, ref
+        self.stop = threading.Event()
+        self.lengths: list[int] = []
+        self.unseen_chunks = 0  # snapshots taken while chunks past the visible length existed
+        self.problems: list[str] = []
+
+    def _invisible_chunks(self, n: int) -> bool:
+        return any((self.store / v / "c" / str(t)).exists() for v in ("red", "count") for t in range(n, 3))
+
+    def snapshot(self) -> None:
+        manifest_path = self.store / "_cubeless" / "manifest.json"
+        manifest = read_json(manifest_path) if manifest_path.exists() else None
+        try:
+            ds = xr.open_zarr(self.store, chunks=None)
+        except FileNotFoundError:
+            self.lengths.append(-1)
+            return
+        except Exception as exc:  # noqa: BLE001 - a cube without consolidated metadata yet: no cube
+            if not self.store.exists() or "zarr.json" not in {p.name for p in self.store.iterdir()}:
+                self.lengths.append(-1)
+                return
+            raise AssertionError(f"opening the cube failed: {exc!r}") from exc
+        n = ds.sizes.get("time", 0)
+        self.lengths.append(n)
+        if n not in (0, 1, 3):
+            self.problems.append(f"time axis of length {n}: a run is half visible")
+        if self._invisible_chunks(n):
+            self.unseen_chunks += 1
+        if manifest and manifest["complete"] and len(manifest["committed_bins"]) > n:
+            self.problems.append(f"manifest says {len(manifest['committed_bins'])} steps, cube shows {n}")
+        if n:
+            if not np.array_equal(ds["time"].values, self.ref["time"].values[:n]):
+                self.problems.append(f"time values {ds['time'].values} differ")
+            for name in self.ref.data_vars:
+                got = ds[name].values
+                if not np.array_equal(got, self.ref[name].values[:n]):
+                    bad = np.argwhere(got != self.ref[name].values[:n])
+                    self.problems.append(f"{name}: {len(bad)} pixels differ at length {n}, e.g. {bad[0].tolist()}")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.snapshot()
+            except Exception:  # noqa: BLE001 - reported by the test
+                self.problems.append(traceback.format_exc(limit=3))
+            time.sleep(0.005)
+
+
+def test_readers_never_see_half_a_run(tmp_path: Path, stac: str, reference: Callable[[str], Path]) -> None:
+    ref = xr.open_zarr(reference("full"), chunks=None).load()
+    store = tmp_path / "cube.zarr"
+    reader = Reader(store, ref)
+    reader.start()
+    phases: list[tuple[str, Any]] = []
+    try:
+        for variant in ("may", "full"):
+            mark = len(reader.lengths)
+            out = run_local(make_spec(stac, store, variant), policy=POLICY)
+            assert out.complete, out.manifest
+            phases.append((variant, reader.lengths[mark:]))
+        time.sleep(0.2)
+    finally:
+        reader.stop.set()
+        reader.join(30)
+    assert not reader.problems, reader.problems[:5]
+    (_, first), (_, second) = phases
+    assert len(first) >= 5 and len(second) >= 5, "the reader barely ran"
+    assert set(first) <= {-1, 0, 1} and set(second) <= {1, 3}, (set(first), set(second))
+    assert 1 in second and second[-1] in (1, 3), "the extension was not observed while it ran"
+    assert reader.lengths == sorted(reader.lengths), "the time axis shrank"
+    assert reader.unseen_chunks > 0, "no snapshot was taken while uncommitted chunks were on disk"
+    assert reader.lengths[-1] == 3
