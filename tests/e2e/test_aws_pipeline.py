@@ -67,3 +67,45 @@ def test_the_last_try_of_a_task_comes_back_at_once_to_be_dead_lettered(tmp_path,
     assert sqs.attribute_reads == 1
     assert run.state.failures()[run.tasks[0].task_id].attempts == 6
     assert TaskQueue("https://sqs.example/q", sqs=type("NoDlq", (), {"get_queue_attributes": lambda *a, **k: {"Attributes": {}}})()).max_receives() is None
+
+
+def test_a_failed_try_drops_gdals_network_cache(tmp_path) -> None:  # noqa: ANN001
+    """GDAL caches /vsicurl/ (and /vsis3/) objects process-wide: without the worker's
+    ``forget_network_cache`` a warm container keeps failing on an object that was fixed."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import numpy as np
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from cubeless.demo.synthetic import write_cog
+    from lambdas import worker
+
+    served = tmp_path / "www"
+    served.mkdir()
+    write_cog(tmp_path / "good.tif", np.full((64, 64), 7, np.uint16), crs="EPSG:32632", transform=(10.0, 0, 500000.0, 0, -10.0, 5000000.0))
+    good = (tmp_path / "good.tif").read_bytes()
+    (served / "scene.tif").write_bytes(b"this is not a GeoTIFF\n" * (len(good) // 22 + 1))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *a) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"/vsicurl/http://127.0.0.1:{server.server_address[1]}/scene.tif"
+    try:
+        with rasterio.Env(CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            with pytest.raises(RasterioIOError):
+                rasterio.open(url)
+            (served / "scene.tif").write_bytes(good)  # the object is fixed
+            with pytest.raises(RasterioIOError):
+                rasterio.open(url)  # ... but this process still sees the cached bytes
+            worker.forget_network_cache()
+            with rasterio.open(url) as src:
+                assert int(src.read(1).max()) == 7
+    finally:
+        server.shutdown()
+        server.server_close()
