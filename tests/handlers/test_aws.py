@@ -29,9 +29,12 @@ from cubeless.spec import parse_spec
 
 
 def tasks_of(run: Run, n: int, *, item_bytes: int = 0) -> list[Task]:
-    """``n`` distinct tasks (the run's, re-numbered), each carrying ``item_bytes`` of item JSON."""
+    """``n`` distinct tasks (the run's, re-numbered), each carrying ``item_bytes`` of incompressible item JSON."""
+    import base64
+    import random
+
     base = run.tasks[0]
-    pad = "x" * item_bytes
+    pad = base64.b64encode(random.Random(n).randbytes(item_bytes * 3 // 4)).decode()
     return [base.model_copy(update={"tile": base.tile.model_copy(update={"ix": i}), "items": [{"id": f"i{i}", "pad": pad}]}) for i in range(n)]
 
 
@@ -111,6 +114,25 @@ def test_a_refused_message_raises(queues: Queues, run: Run) -> None:
     queue = queues.queue(sqs=CountingSQS(fail_first=1, sender_fault=True))
     with pytest.raises(CubelessError, match="SQS refused a task message: InvalidParameterValue"):
         queue.enqueue(tasks_of(run, 2))
+
+
+def test_repetitive_task_bodies_travel_compressed_ten_per_batch(queues: Queues, run: Run) -> None:
+    item = {"type": "Feature", "stac_version": "1.1.0", "properties": {"datetime": "2024-05-01T10:27:00Z", "proj:code": "EPSG:32632"},
+            "assets": {b: {"href": f"s3://sentinel-cogs/sentinel-s2-l2a-cogs/32/T/LS/2024/5/S2B_32TLS_20240501_0_L2A/{b}.tif",
+                           "type": "image/tiff; application=geotiff; profile=cloud-optimized", "raster:bands": [{"scale": 0.0001, "offset": -0.1}]}
+                       for b in ("red", "green", "blue", "scl")}}
+    base = run.tasks[0]
+    tasks = [base.model_copy(update={"tile": base.tile.model_copy(update={"ix": i}),
+                                     "items": [{**item, "id": f"S2B_{i}_{k}"} for k in range(25)]}) for i in range(20)]
+    raw = len(tasks[0].model_dump_json())
+    queue = queues.queue()
+    batches = list(queue._batches(tasks))
+    assert [len(b) for b in batches] == [10, 10]  # uncompressed, only ~3 of these would fit a batch
+    sent = len(batches[0][0]["MessageBody"])
+    assert sent * 5 < raw, (sent, raw)
+    assert batches[0][0]["MessageAttributes"]["body"]["StringValue"] == "zlib"
+    queue.enqueue(tasks)
+    assert sorted((r.task for r in drain(queue)), key=lambda t: t.tile.ix) == tasks
 
 
 def test_a_task_too_big_for_sqs_travels_through_s3(queues: Queues, run: Run) -> None:
