@@ -152,6 +152,12 @@ def commit_run(
     items_used = sorted(items[p] for p in used_pos)
 
     timings: dict[str, float] = _task_timings(results, len(done))
+    if cost is None and timings.get("task_seconds_sum"):
+        from .cost import DEFAULT_MEMORY_MB, estimate_cost
+
+        # What these tasks cost on Lambda (arm64, the stack's default worker memory) at the
+        # durations measured where they ran; the AWS commit passes its own deployment's figure.
+        cost = estimate_cost(timings["task_seconds_sum"] / max(1, len(done)), len(planned), DEFAULT_MEMORY_MB)
     timings.update(
         {
             "commit_read_seconds": t_read - t0,

@@ -632,6 +632,23 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
         "median_task_bytes": int(np.median(tb)) if tb.size else 0,
         "max_task_bytes": int(tb.max()) if tb.size else 0,
         "plan_seconds": round(sum(plan.seconds.values()), 3),
+        **_cost_summary(plan),
+    }
+
+
+def _cost_summary(plan: Plan) -> dict[str, Any]:
+    """Estimated Lambda + Step Functions cost of running the plan on AWS (arm64, default memory)."""
+    from .cost import DEFAULT_MEMORY_MB, estimate_cost, guess_task_seconds
+
+    if not plan.tasks:
+        return {}
+    px = plan.spec.chunk * plan.spec.chunk
+    seconds = guess_task_seconds(px, int(plan.scenes.median or 0), DEFAULT_MEMORY_MB)
+    cost = estimate_cost(seconds, len(plan.tasks), DEFAULT_MEMORY_MB)
+    return {
+        "estimated_task_seconds_on_lambda": round(seconds, 2),
+        "estimated_cost_usd": round(cost.total_usd, 4),
+        "estimated_usd_per_1000_tasks": round(cost.usd_per_1000_tasks, 4),
     }
 
 
