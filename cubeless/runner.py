@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import random
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -299,7 +300,9 @@ def prepare_run(
         resumed = True
     else:
         assert plan is not None
-        ensure_cube(spec, plan.grid)
+        with warnings.catch_warnings():  # the lock's `_cubeless/` is there before the cube: zarr notices
+            warnings.filterwarnings("ignore", message="Object at _cubeless is not recognized", category=UserWarning)
+            ensure_cube(spec, plan.grid)
         record = record_for(plan, tasks_uri=state.tasks_uri, lanes=lanes)
         state.write_tasks(plan.tasks)
         state.write_record(record)  # written last: its presence means the task list is whole
