@@ -15,6 +15,7 @@ import heapq
 import multiprocessing as mp
 import os
 import random
+import signal
 import time
 import warnings
 from collections import deque
@@ -67,6 +68,9 @@ class PoolOutcome:
 
 def _worker_main(conn: Connection, policy: HrefPolicy | None) -> None:
     """Body of a worker process: execute task after task until told to stop."""
+    # Ctrl-C reaches the whole process group: the parent handles it (and stops the workers);
+    # a worker taking it too would print a traceback per process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .execute import execute_task
 
     while True:
@@ -121,6 +125,8 @@ class _Pool:
             try:
                 if s.task is None and s.proc.is_alive():
                     s.conn.send(None)
+                elif s.task is not None:  # interrupted mid-task: its attempt is abandoned
+                    s.proc.kill()
             except (BrokenPipeError, OSError):
                 pass
         deadline = time.monotonic() + 5

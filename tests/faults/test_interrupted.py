@@ -20,7 +20,7 @@ from faultkit import assert_identical, markers, run_and_die_before_store_manifes
 from cubeless.commit import read_manifest
 from cubeless.state import LOCK_KEY
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-runs")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-b")]
 
 TASKS = 18  # the `full` cube: 6 tiles x 3 months
 
@@ -92,4 +92,31 @@ def test_killed_between_publish_and_manifest(
     assert [b.start for b in manifest.committed_bins] == [b.start for b in run_manifest.committed_bins]
     shown = cli("manifest", str(store), env=env)
     assert shown.returncode == 0 and f'"run_id": "{run_id}"' in shown.stdout
+    assert_identical(store, ref)
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(
+    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str]
+) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it): exit 130 with one
+    line saying how to resume, no traceback from any worker; the same command resumes."""
+    ref = reference("may")
+    store = tmp_path / "cube.zarr"
+    spec = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "may"))
+    args = ("run", str(spec), "--local", "--workers", "1")
+    first = cli_popen(*args, env=env)
+    try:
+        wait_for(lambda: len(markers(store, "done")) >= 2, 300, "two tasks to be done")
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err[-3000:]
+    assert "Traceback" not in err + out and "Warning" not in err, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == "interrupted: run the same command again to resume where it stopped"
+    k = len(markers(store, "done"))
+    assert k < 6, "the run finished before it was interrupted: nothing was tested"
+
+    again = cli(*args, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"6 tasks ({k} already done)" in again.stderr, again.stderr
     assert_identical(store, ref)
