@@ -472,10 +472,10 @@ def assert_identical(store: str | Path, reference: str | Path, *, metadata: bool
         assert np.array_equal(a[name].values, b[name].values), f"variable {name} differs"
 
 
-def markers(store: str | Path, kind: str) -> dict[str, Path]:
-    """``done`` or ``failed`` markers of every run in a store: task id -> path."""
+def markers(store: str | Path, kind: str, run_id: str = "*") -> dict[str, Path]:
+    """``done`` or ``failed`` markers of a run (default: of every run) in a store: task id -> path."""
     out: dict[str, Path] = {}
-    for p in Path(store, "_cubeless", "runs").glob(f"*/{kind}/*.json"):
+    for p in Path(store, "_cubeless", "runs").glob(f"{run_id}/{kind}/*.json"):
         out[p.stem] = p
     return out
 

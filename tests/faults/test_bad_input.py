@@ -2,7 +2,7 @@
 
 For every case: exit code 2, exactly one line on stderr that names the problem and the fix, no
 traceback, and nothing written (the spec's store does not exist afterwards). The cases run
-concurrently (one module fixture) and each is reported as its own test.
+concurrently (one session fixture) and each is reported as its own test.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def outcomes(tmp_path_factory: pytest.TempPathFactory, stac: str, env: dict[str, str]) -> dict[str, Case]:
     root = tmp_path_factory.mktemp("bad-input")
 

@@ -17,7 +17,7 @@ from cubeless.commit import commit_run
 from cubeless.hrefs import HrefPolicy
 from cubeless.runner import prepare_run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-poison")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-a")]
 
 
 def test_every_task_twice_at_once(tmp_path: Path, stac: str, reference: Callable[[str], Path]) -> None:

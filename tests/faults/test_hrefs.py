@@ -26,7 +26,7 @@ from cubeless.hrefs import HrefPolicy
 from cubeless.models import Task
 from cubeless.runner import RunPolicy, run_local
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-poison")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-a")]
 
 #: Local paths allowed (the other scenes), https only on the Sentinel-2 COG hosts: no file://,
 #: no http, no other host.

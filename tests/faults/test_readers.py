@@ -26,7 +26,7 @@ from cubeless.runner import run_local
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.xdist_group("faults-poison"),
+    pytest.mark.xdist_group("faults-b"),
     # While the cube is being created its root zarr.json exists before its consolidated metadata.
     pytest.mark.filterwarnings("ignore:Failed to open Zarr store with consolidated metadata:RuntimeWarning"),
 ]

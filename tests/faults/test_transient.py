@@ -38,7 +38,7 @@ from cubeless.demo.synthetic import SceneSet
 from cubeless.hrefs import HrefPolicy
 from cubeless.runner import Progress, RunOutcome, RunPolicy, run_local
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-transient")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-a")]
 
 #: A task with scenes (and so non-empty chunks) of the ``may`` cube: time index 0, tile (0, 0).
 TASK = "2024-05-01.y0.x0"
