@@ -46,6 +46,7 @@ class Fault:
     stall: float = 0.0
     times: int | None = 1  #: how many requests it applies to (None: forever)
     retry_after: str | None = None
+    location: str | None = None  #: a ``Location`` header (with a 3xx status: a redirect)
     hits: int = 0  #: requests this fault answered
     released: threading.Event = field(default_factory=threading.Event)
 
@@ -127,6 +128,8 @@ class FileServer:
             h.send_response(int(fault.status or 500))
             if fault.retry_after:
                 h.send_header("Retry-After", fault.retry_after)
+            if fault.location:
+                h.send_header("Location", fault.location)
             h.send_header("Content-Type", "text/plain")
             h.send_header("Content-Length", str(len(body)))
             h.end_headers()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 from conftest import make_spec
-from faultkit import Listener, markers, read_json
+from faultkit import Fault, FileServer, Listener, http_items, markers, read_json, url_path
 
 from cubeless.commit import read_manifest
 from cubeless.compose import compose
@@ -24,6 +24,7 @@ from cubeless.demo.synthetic import SceneSet
 from cubeless.errors import HrefNotAllowed
 from cubeless.hrefs import HrefPolicy
 from cubeless.models import Task
+from cubeless.plan import make_plan
 from cubeless.runner import RunPolicy, run_local
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-a")]
@@ -89,3 +90,23 @@ def test_forbidden_hrefs_fail_before_any_request(tmp_path: Path, synth: SceneSet
 def test_policy_refuses(href: str) -> None:
     with pytest.raises(HrefNotAllowed):
         POLICY.check(href)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "GDAL (/vsicurl/, curl) follows HTTP redirects, and the allowlist is checked only on the "
+    "href, so an allowed host can send a read anywhere (e.g. the metadata endpoint). Needs a "
+    "redirect policy in the read path (compose/_load): report to its owner."))
+def test_redirect_from_an_allowed_host_is_not_followed(tmp_path: Path, synth: SceneSet) -> None:
+    with Listener() as listener, FileServer(synth.root) as files:
+        items = http_items(synth.items, synth.root, files.url)
+        item = next(i for i in items if i["id"] == "S2A_32TLS_20240522_0_L2A")
+        files.faults[url_path(item["assets"]["scl"]["href"])] = Fault(
+            status=302, times=None, location=f"http://127.0.0.1:{listener.port}/latest/meta-data")
+        with serve_stac(synth.collection, [item]) as url:
+            plan = make_plan(make_spec(url, tmp_path / "cube.zarr", "may"))
+        task = next(t for t in plan.tasks if t.items)
+        allowed = HrefPolicy.from_hosts([f"127.0.0.1:{files.port}"], schemes=("http",))
+        with pytest.raises(Exception):
+            compose(task, policy=allowed)
+        time.sleep(0.2)
+        assert listener.connections == 0, f"the redirect was followed: {listener.connections} connection(s)"
