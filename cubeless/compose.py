@@ -5,9 +5,11 @@
 1. **check** every href it will read against the :class:`~cubeless.hrefs.HrefPolicy` (before any
    read; a refused href raises :class:`~cubeless.errors.HrefNotAllowed`);
 2. **load the SCL band** of every item onto the tile's GeoBox (nearest, no overviews), one
-   observation per solar day (the key of odc-stac's ``groupby="solar_day"``: local solar date at
-   the tile centre). odc-stac fuses the items of one day layer by layer: each pixel is taken from
-   the first item, in (time, id) order, that is not nodata (0) there;
+   observation per solar day (odc-stac's ``groupby="solar_day"`` key: the UTC date shifted by
+   whole hours of the tile centre's longitude). The items of one day are fused layer by layer:
+   each pixel is taken from the first item, in (time, id) order, that is not nodata (0) there
+   (odc-stac's rule). Reads are :class:`cubeless._load.Reader`'s: a windowed GDAL ``RasterIO``
+   straight from the right overview when the tile is in the scene's CRS, GDAL's warper otherwise;
 3. **mask**: an observation of a pixel is valid when its SCL class is not in
    ``spec.mask.scl_exclude`` and is not 0 (no data, always excluded). With ``spec.mask.dilate = r``
    the excluded classes *other than 0* (clouds, shadows, cirrus, saturation) grow by ``r`` target
@@ -18,7 +20,13 @@
    here costs one SCL read, not a read of every band;
 5. **median** per band over the valid observations (:func:`~cubeless._median.masked_median`), where
    a band value of 0 is also invalid for that band. An even count takes the mean of the two middle
-   values, rounded half to even; no valid observation gives 0.
+   values, rounded half to even; no valid observation gives 0. Bands are read together and each
+   band's median runs while the next bands are still being read.
+
+Memory is bounded for every chunk size: when the per-observation arrays of the whole tile (SCL,
+valid mask and every band: 8 bytes per observation and pixel for three bands) exceed
+``memory_budget``, the tile is processed in strips of rows (the SCL of a strip is read with a halo
+of ``dilate`` rows, so the result is the same as in one piece).
 
 ``count`` is the number of valid observations per pixel: SCL-valid and non-zero in the **first**
 band (bands of one scene share their footprint, so this is the count of every band in practice).
@@ -46,8 +54,9 @@ __all__ = ["Composite", "compose", "configure_gdal", "masked_median"]
 
 configure_gdal = _load.configure_gdal
 
-#: Default peak size (bytes) of the reflectance stack loaded at once; above it bands load in groups.
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+#: Default bytes of per-observation arrays (SCL, valid mask, bands) held at once; a larger tile
+#: (chunk up to 4096, many observations) is processed in strips of rows within this budget.
+DEFAULT_MEMORY_BUDGET = 512 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,13 @@ def _valid_mask(scl: np.ndarray, exclude: tuple[int, ...], radius: int) -> np.nd
     return valid
 
 
+def _strip_rows(ny: int, nx: int, nobs: int, nbands: int, budget: int) -> int:
+    """Rows per strip so that the per-observation arrays of one strip fit in ``budget`` bytes:
+    SCL (1 byte) and the valid mask (1 byte) of every observation, plus every band (2 bytes)."""
+    per_row = max(1, nobs * nx * (2 + 2 * nbands))
+    return max(1, min(ny, budget // per_row))
+
+
 def compose(
     task: Task,
     *,
@@ -159,7 +175,8 @@ def compose(
     :param io_threads: reader threads (default: 4 per CPU, 8..32, for network reads; one per CPU
         when every href is a local file).
     :param median_threads: threads of the median kernel (default: see :func:`masked_median`).
-    :param memory_budget: bytes of reflectance stack to load at once; more bands load in groups.
+    :param memory_budget: bytes of per-observation arrays (SCL, valid mask, bands) held at once;
+        a tile needing more is processed in strips of rows (same result, bounded memory).
     :raises HrefNotAllowed: an asset href is outside the policy (nothing has been read).
     :raises TaskError: an item lacks an asset, items disagree on scale/offset, or a read failed.
     """
@@ -177,98 +194,90 @@ def compose(
     if gbox.shape.yx != (task.tile.ny, task.tile.nx):  # pragma: no cover - guarded by the grid module
         raise TaskError(f"tile {task.task_id} is outside the grid {task.grid.height}x{task.grid.width}")
 
-    import pystac
     import rasterio.errors
 
+    ((mid_lon, _),) = gbox.extent.centroid.to_crs("EPSG:4326").points
+    try:
+        observations = _load.group_observations(task.items, mid_lon)
+    except ValueError as exc:
+        raise TaskError(str(exc)) from exc
     _load.ensure_gdal()
     remote = any(_load.is_remote(h) for h in _load.hrefs_to_read(task.items, keys))
     threads = io_threads or _load.default_io_threads(remote=remote)
-    items = []
-    for i, d in enumerate(task.items):
-        try:
-            items.append(pystac.Item.from_dict(_load.normalise_item(d)))
-        except (KeyError, TypeError, ValueError, pystac.STACError) as exc:
-            raise TaskError(f"item {d.get('id', f'#{i}')!r} is not a usable STAC item ({type(exc).__name__}: {exc})") from exc
-    ((mid_lon, _),) = gbox.extent.centroid.to_crs("EPSG:4326").points
-    key = _load.SolarDayKey(mid_lon)
 
-    def guard(url: str) -> str:
-        policy.check(url)
-        return url
-
+    ny, nx = task.tile.ny, task.tile.nx
+    nobs = len(observations)
+    radius = spec.mask.dilate
+    rows = _strip_rows(ny, nx, nobs, len(spec.bands), memory_budget)
     seconds = {"load": 0.0, "mask": 0.0, "median": 0.0}
+    medians = {b: np.zeros((ny, nx), np.uint16) for b in spec.bands}
+    count = np.zeros((ny, nx), np.uint16)
+    used = np.zeros(nobs, dtype=bool)
     _load.reset_net_stats()
     try:
-        # 1. SCL of every observation.
-        t0 = time.perf_counter()
-        scl = _load.load_stack(
-            items, [scl_band], gbox,
-            groupby=key, resampling={scl_band: "nearest"}, dtype={scl_band: "uint8"},
-            threads=threads, use_overviews=False, guard=guard,
-        )[scl_band]
-        seconds["load"] += time.perf_counter() - t0
-
-        # 2. Valid mask; observations worth reading.
-        t0 = time.perf_counter()
-        valid = _valid_mask(scl, spec.mask.scl_exclude, spec.mask.dilate)
-        del scl
-        day_keys = sorted(set(key.keys.values()))
-        nobs = valid.shape[0]
-        if nobs != len(day_keys):  # pragma: no cover - odc-stac's grouping contract
-            raise TaskError(f"odc-stac returned {nobs} observations for {len(day_keys)} solar days")
-        useful = valid.reshape(nobs, -1).any(axis=1)
-        keep_days = {k for k, u in zip(day_keys, useful) if u}
-        if not useful.all():
-            valid = valid[useful]  # keep the useful observations only
-        seconds["mask"] += time.perf_counter() - t0
-
-        nuse = valid.shape[0]
-        shape = (task.tile.ny, task.tile.nx)
-        medians: dict[str, np.ndarray] = {}
-        count = np.zeros(shape, np.uint16)
-        if nuse:
-            subset = [it for i, it in enumerate(items) if key.keys[i] in keep_days]
-            sub_key = _load.SolarDayKey(mid_lon)
-            per_band = max(1, nuse * shape[0] * shape[1] * 2)
-            group = max(1, memory_budget // per_band)
-            bands = list(spec.bands)
-            for g0 in range(0, len(bands), group):
-                names = bands[g0 : g0 + group]
+        # Every read closes what it opened: its decoded blocks are freed at once. (Keeping datasets
+        # open across strips would only pay off with a block cache holding a whole block row of
+        # every asset, hundreds of MB; a strip boundary re-decodes at most one block row.)
+        with _load.Reader(threads, guard=policy.check, keep_open=False) as reader:
+            for y0 in range(0, ny, rows):
+                y1 = min(ny, y0 + rows)
+                # 1. SCL of every observation over the strip and a halo for the dilation.
+                h0, h1 = max(0, y0 - radius), min(ny, y1 + radius)
                 t0 = time.perf_counter()
-                stacks = _load.load_stack(
-                    subset, names, gbox,
-                    groupby=sub_key, resampling={b: spec.resampling for b in names},
-                    dtype={b: "uint16" for b in names}, threads=threads, guard=guard,
+                scl = reader.read(
+                    observations, scl_band, gbox[h0:h1, :],
+                    resampling="nearest", dtype="uint8", use_overviews=False,
                 )
                 seconds["load"] += time.perf_counter() - t0
+
+                # 2. Valid mask; observations worth reading in this strip.
                 t0 = time.perf_counter()
-                for b in names:
-                    stack = stacks.pop(b)
-                    if stack.shape[0] != nuse:  # pragma: no cover - same items, same grouping
-                        raise TaskError(f"band {b!r} loaded {stack.shape[0]} observations, expected {nuse}")
+                valid = _valid_mask(scl, spec.mask.scl_exclude, radius)[:, y0 - h0 : y1 - h0]
+                del scl
+                useful = valid.reshape(nobs, -1).any(axis=1)
+                used |= useful
+                if not useful.all():
+                    valid = valid[useful]
+                valid = np.ascontiguousarray(valid)
+                seconds["mask"] += time.perf_counter() - t0
+                if not useful.any():
+                    continue
+
+                # 3. Every band of the useful observations, median per band as each arrives.
+                subset = [o for o, u in zip(observations, useful) if u]
+                strip = gbox[y0:y1, :]
+                t0 = time.perf_counter()
+                pending = [
+                    reader.submit(subset, b, strip, resampling=spec.resampling, dtype="uint16")
+                    for b in spec.bands
+                ]
+                for b, p in zip(spec.bands, pending):
+                    t0 = time.perf_counter()
+                    stack = p.result()
+                    t1 = time.perf_counter()
+                    seconds["load"] += t1 - t0
                     med, cnt = masked_median(stack, valid, nodata=0, threads=median_threads)
                     del stack
-                    medians[b] = med
+                    medians[b][y0:y1] = med
                     if b == spec.bands[0]:
-                        count = cnt
-                seconds["median"] += time.perf_counter() - t0
-        else:
-            medians = {b: np.zeros(shape, np.uint16) for b in spec.bands}
+                        count[y0:y1] = cnt
+                    seconds["median"] += time.perf_counter() - t1
+                del valid, pending
     except rasterio.errors.RasterioError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TaskError(f"reading scenes of task {task.task_id} failed: {first}") from exc
 
     net = _load.read_net_stats()
-    npairs = nobs * shape[0] * shape[1]
+    npairs = nobs * ny * nx
     seconds = {k: round(v, 4) for k, v in seconds.items()}
     seconds["total"] = round(time.perf_counter() - t_start, 4)
     return Composite(
         bands=medians,
         count=count,
         scale_offset=scale_offset,
-        items=len(items),
+        items=len(task.items),
         observations=nobs,
-        observations_read=nuse,
+        observations_read=int(used.sum()),
         valid_fraction=float(count.sum(dtype=np.int64)) / npairs if npairs else 0.0,
         bytes_read=net[0] if net else 0,
         requests=net[1] if net else 0,
