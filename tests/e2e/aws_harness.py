@@ -123,8 +123,15 @@ def shared_dir(tmp_path_factory: Any, worker_id: str) -> Path:
 
 
 def synth_template(shared_dir: Path) -> dict[str, Any]:
-    """The default stack's CloudFormation template, synthesized once per ``shared_dir`` (file lock)."""
+    """The default stack's CloudFormation template, synthesized once per ``shared_dir`` (file lock).
+
+    The infra tests' synth of the same app (``tests/infra/conftest.py``), when it is already done
+    in this test run, is reused.
+    """
     shared_dir.mkdir(parents=True, exist_ok=True)
+    infra = shared_dir / "cubeless-cdk.out"
+    if (infra / "manifest.json").exists() and (infra / "cubeless.template.json").exists():
+        return json.loads((infra / "cubeless.template.json").read_text())
     outdir = shared_dir / "cubeless-aws-e2e-synth"
     with open(shared_dir / "cubeless-aws-e2e-synth.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
