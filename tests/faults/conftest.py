@@ -1,9 +1,10 @@
 """Shared fixtures of the fault suite: the synthetic scene set, its STAC API, fault-free cubes.
 
-Everything is session-scoped (per xdist worker): the demo scene set is generated once, served by
-one rustac instance, and each reference cube (a fault-free run of a spec variant) is built once,
-on first use. Tests that share them carry ``@pytest.mark.xdist_group`` so ``--dist loadgroup``
-keeps them on one worker.
+The demo scene set is generated once per test run and each reference cube (a fault-free run of
+a spec variant) is built once per test run, on first use, in a directory every xdist worker
+shares (a file lock makes the other workers wait and reuse it). Each worker serves the scenes
+with its own rustac instance. Tests carry ``@pytest.mark.xdist_group`` marks, but nothing here
+relies on them (pytest 9.2 + xdist 3.8 ignore them: pytest-dev/pytest-xdist#1386).
 
 Spec variants (all the demo cube: EPSG:4326, 0.00027 deg, chunk 256, a 638 x 266 grid of 3 x 2
 tiles): ``may`` is May 2024 only (6 tasks), ``full`` is May-July 2024 (18 tasks; June is empty).
@@ -11,9 +12,12 @@ tiles): ``may`` is May 2024 only (6 tasks), ``full`` is May-July 2024 (18 tasks;
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,7 +29,7 @@ if str(HERE) not in sys.path:  # faultkit must import here and in the runner's s
 
 from cubeless.demo.specs import demo_spec  # noqa: E402
 from cubeless.demo.stac_server import serve_scene_set  # noqa: E402
-from cubeless.demo.synthetic import SceneSet, demo_config, generate  # noqa: E402
+from cubeless.demo.synthetic import SceneSet, demo_config, generate, load_scene_set  # noqa: E402
 from cubeless.runner import RunPolicy, run_local  # noqa: E402
 from cubeless.spec import CubeSpec, parse_spec  # noqa: E402
 
@@ -50,10 +54,37 @@ def make_spec(stac_url: str, store: str | Path, variant: str = "may", **override
     return parse_spec(spec_doc(stac_url, store, variant, **override))
 
 
+@contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive file lock (shared between the xdist workers of a run)."""
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> SceneSet:
-    """The demo scene set (20 scenes, two UTM zones, May and July 2024)."""
-    return generate(demo_config(), tmp_path_factory.mktemp("synth"))
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A directory all xdist workers of this test run share (the run's base temp directory)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "faults-shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth(shared_dir: Path) -> SceneSet:
+    """The demo scene set (20 scenes, two UTM zones, May and July 2024), generated once per run."""
+    root = shared_dir / "synth"
+    with exclusive(shared_dir / "synth.lock"):
+        if (shared_dir / "synth.done").exists():
+            return load_scene_set(root)
+        shutil.rmtree(root, ignore_errors=True)
+        scene_set = generate(demo_config(), root)
+        (shared_dir / "synth.done").touch()
+        return scene_set
 
 
 @pytest.fixture(scope="session")
@@ -64,18 +95,21 @@ def stac(synth: SceneSet) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory: pytest.TempPathFactory, stac: str) -> Callable[[str], Path]:
-    """``reference(variant)``: the store of a fault-free run of that spec variant (built once)."""
-    built: dict[str, Path] = {}
+def reference(shared_dir: Path, stac: str) -> Callable[[str], Path]:
+    """``reference(variant)``: the store of a fault-free run of that spec variant (built once per
+    test run; read-only for the tests)."""
 
     def get(variant: str) -> Path:
-        if variant not in built:
-            store = tmp_path_factory.mktemp(f"reference-{variant}") / "cube.zarr"
-            out = run_local(make_spec(stac, store, variant), policy=POLICY)
-            assert out.complete and out.manifest is not None, out.manifest
-            assert out.pool.retried == 0, "the fault-free reference run needed retries"
-            built[variant] = store
-        return built[variant]
+        store = shared_dir / f"reference-{variant}" / "cube.zarr"
+        done = shared_dir / f"reference-{variant}.done"
+        with exclusive(shared_dir / f"reference-{variant}.lock"):
+            if not done.exists():
+                shutil.rmtree(store.parent, ignore_errors=True)
+                out = run_local(make_spec(stac, store, variant), policy=POLICY)
+                assert out.complete and out.manifest is not None, out.manifest
+                assert out.pool.retried == 0, "the fault-free reference run needed retries"
+                done.touch()
+        return store
 
     return get
 

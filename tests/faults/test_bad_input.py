@@ -2,23 +2,25 @@
 
 For every case: exit code 2, exactly one line on stderr that names the problem and the fix, no
 traceback, and nothing written (the spec's store does not exist afterwards). The cases run
-concurrently (one session fixture) and each is reported as its own test.
+concurrently, once per test run (a session fixture shared by the xdist workers through a file),
+and each is reported as its own test.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import yaml
-from conftest import CUBELESS, spec_doc
+from conftest import CUBELESS, exclusive, spec_doc
 
 pytestmark = pytest.mark.xdist_group("faults-input")
 
@@ -41,7 +43,6 @@ class Case:
     expect: str = ""  #: a fragment the error line must contain
     args: tuple[str, ...] = ()
     spec_path: Callable[[Path], Path] | None = None  #: a spec path other than the written one
-    result: dict[str, Any] = field(default_factory=dict)
 
 
 def _set(**kw: Any) -> Callable[[dict[str, Any], Path], None]:
@@ -136,12 +137,13 @@ CASES = [
 
 
 @pytest.fixture(scope="session")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, stac: str, env: dict[str, str]) -> dict[str, Case]:
-    root = tmp_path_factory.mktemp("bad-input")
+def outcomes(shared_dir: Path, stac: str, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every case's outcome, computed once per test run (whichever xdist worker comes first)."""
+    root = shared_dir / "bad-input"
 
-    def one(case: Case) -> Case:
+    def one(case: Case) -> tuple[str, dict[str, Any]]:
         tmp = root / case.id
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         store = tmp / "cube.zarr"
         doc = spec_doc(stac, store, "may")
         body = case.edit(doc, tmp) if case.edit else None
@@ -160,12 +162,20 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, stac: str, env: dict[str,
             "none": [],
         }.get(case.command, [case.command, str(path)])
         p = subprocess.run([CUBELESS, *args, *case.args], capture_output=True, text=True, env=env, timeout=300)
-        case.result = {"code": p.returncode, "stderr": p.stderr, "stdout": p.stdout,
-                       "store": Path(doc.get("store", store))}
-        return case
+        written = Path(doc.get("store", store))
+        return case.id, {
+            "code": p.returncode, "stderr": p.stderr, "stdout": p.stdout,
+            "store": str(written), "store_is_dir": written.is_dir(),
+            "store_text": written.read_text() if written.is_file() else None,
+        }
 
-    with ThreadPoolExecutor(4) as pool:
-        return {c.id: c for c in pool.map(one, CASES)}
+    cache = shared_dir / "bad-input.json"
+    with exclusive(shared_dir / "bad-input.lock"):
+        if not cache.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            with ThreadPoolExecutor(4) as pool:
+                cache.write_text(json.dumps(dict(pool.map(one, CASES))))
+        return dict(json.loads(cache.read_text()))
 
 
 def test_at_least_25_cases() -> None:
@@ -173,9 +183,9 @@ def test_at_least_25_cases() -> None:
 
 
 @pytest.mark.parametrize("case_id", [c.id for c in CASES])
-def test_bad_input(outcomes: dict[str, Case], case_id: str) -> None:
-    case = outcomes[case_id]
-    r = case.result
+def test_bad_input(outcomes: dict[str, dict[str, Any]], case_id: str) -> None:
+    case = next(c for c in CASES if c.id == case_id)
+    r = outcomes[case_id]
     lines = [ln for ln in r["stderr"].splitlines() if ln.strip()]
     assert "Traceback" not in r["stderr"] + r["stdout"], r["stderr"]
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {r['stderr']!r}"
@@ -184,8 +194,7 @@ def test_bad_input(outcomes: dict[str, Case], case_id: str) -> None:
     assert line.startswith("error: "), line
     assert case.expect in line, f"{case.expect!r} not in {line!r}"
     assert FIX.search(line.split(":", 1)[1]), f"the line names no fix: {line!r}"
-    store = r["store"]
     if case.id != "store-is-a-file":
-        assert not store.exists(), f"{store} was written"
+        assert not r["store_is_dir"] and r["store_text"] is None, f"{r['store']} was written"
     else:
-        assert store.read_text() == "x"
+        assert r["store_text"] == "x"
