@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from conftest import CUBELESS, exclusive, spec_doc
+from tests.faults.conftest import CUBELESS, exclusive, spec_doc
 
 pytestmark = pytest.mark.xdist_group("faults-input")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import cli_popen, spec_doc, write_spec
+from tests.faults.conftest import cli_popen, spec_doc, write_spec
 from faultkit import assert_identical, cube_files, markers, wait_for
 
 from cubeless import fs

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import make_spec
+from tests.faults.conftest import make_spec
 from faultkit import assert_identical, execute_in_lockstep, markers
 
 from cubeless.commit import commit_run

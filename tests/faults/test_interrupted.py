@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 import xarray as xr
-from conftest import cli, cli_popen, make_spec, spec_doc, write_spec
+from tests.faults.conftest import cli, cli_popen, make_spec, spec_doc, write_spec
 from faultkit import assert_identical, markers, run_and_die_before_store_manifest, wait_for
 
 from cubeless.commit import read_manifest

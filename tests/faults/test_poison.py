@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 import xarray as xr
-from conftest import cli, spec_doc, write_spec
+from tests.faults.conftest import cli, spec_doc, write_spec
 from faultkit import assert_identical, markers, read_json
 
 from cubeless.commit import read_manifest

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import POLICY, make_spec
+from tests.faults.conftest import POLICY, make_spec
 from faultkit import (
     Fault,
     FaultPolicy,

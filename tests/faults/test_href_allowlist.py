@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from conftest import make_spec
+from tests.faults.conftest import make_spec
 from faultkit import Fault, FileServer, Listener, http_items, markers, read_json, url_path
 
 from cubeless.commit import read_manifest
