@@ -61,7 +61,8 @@ def enqueue(template: Any, n: int = 2000, reps: int = 3) -> dict[str, Any]:
     """Tasks per second that :meth:`cubeless.aws.TaskQueue.enqueue` sends to an SQS queue served
     by moto on localhost (its own process, see :mod:`bench.moto_sqs`); ``template`` is a real task
     (its ~25 minimal items make a realistic body). Also the client's own capacity: tasks per
-    second it serialises into batches (``TaskQueue._batches``) and botocore encodes, no network."""
+    second it serialises (and compresses) into batches (``TaskQueue._batches``) and botocore
+    encodes, no network."""
     import subprocess
     import sys
 
@@ -76,7 +77,8 @@ def enqueue(template: Any, n: int = 2000, reps: int = 3) -> dict[str, Any]:
         template.model_copy(update={"tile": Tile(iy=i // side, ix=i % side, y0=0, x0=0, ny=1, nx=1)})
         for i in range(n)
     ]
-    body = len(tasks[0].model_dump_json().encode())
+    raw = len(tasks[0].model_dump_json().encode())
+    body = len(TaskQueue("http://127.0.0.1:1/q")._entry(tasks[0])["MessageBody"].encode())  # as sent
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.moto_sqs", str(port)],
@@ -120,6 +122,7 @@ def enqueue(template: Any, n: int = 2000, reps: int = 3) -> dict[str, Any]:
             "all": rates,
             "client_tasks_per_s": client_rate,
             "body_bytes": body,
+            "json_bytes": raw,
             "batches": batches,
             "tasks_per_batch": n / batches,
             "items_per_task": len(template.items),

@@ -43,9 +43,9 @@ class Prices:
 
 PRICES = Prices(lambda_gb_second={"arm64": 0.0000133334, "x86_64": 0.0000166667})
 
-#: ``Work`` (task state) and ``Drained?`` (choice) per task, in a lane.
 #: The stack's default worker memory (infra/settings.py), used when the caller does not say.
 DEFAULT_MEMORY_MB = 2048
+#: ``Work`` (task state) and ``Drained?`` (choice) per task, in a lane.
 TRANSITIONS_PER_TASK = 2.0
 #: Per lane: child execution start, the final ``Work``, ``Drained?`` and ``Lane done``.
 TRANSITIONS_PER_LANE = 4
