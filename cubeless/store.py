@@ -547,7 +547,14 @@ def write_task(
     handles = {name: _extended(group[name], t + 1) for name in data}  # type: ignore[arg-type]
 
     async def _write_all() -> None:
-        await asyncio.gather(*(handles[k].async_array.setitem(sel, data[k]) for k in data))
+        # Wait for every write before raising: a sibling still writing when the task's error
+        # propagates (and its process is torn down for the retry) would leave a temporary file.
+        results = await asyncio.gather(
+            *(handles[k].async_array.setitem(sel, data[k]) for k in data), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     sync(_write_all())
     return sum(1 for a in data.values() if a.any())

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from tests.faults.conftest import cli_popen, spec_doc, write_spec
+from tests.faults.conftest import cli_popen, make_spec, spec_doc, write_spec
 from faultkit import assert_identical, cube_files, markers, wait_for
 
 from cubeless import fs
@@ -172,8 +172,6 @@ def test_planning_under_the_lock_warns_nothing(tmp_path: Path, stac: str) -> Non
     """The lock creates `_cubeless/` before the cube exists; creating the cube then must not
     make zarr warn about it (users would see the warning on every first run)."""
     import warnings
-
-    from conftest import make_spec
 
     from cubeless.runner import prepare_run
 

@@ -307,6 +307,32 @@ def test_writing_a_task_twice_gives_identical_bytes_and_empty_chunks_are_removed
     assert len(chunk_files(spec.store)) == 4 * len(tasks) - 4
 
 
+def test_a_failed_chunk_write_returns_only_after_its_siblings_settle(tmp_path, monkeypatch):
+    """One variable's chunk write fails while another is still writing: write_task raises only once
+    every write has finished, so a process torn down for the retry leaves no temporary file."""
+    import asyncio
+
+    from zarr.storage import LocalStore
+
+    spec, gb, grid = make(tmp_path)
+    S.ensure_cube(spec, grid)
+    task = tasks_for(spec, gb, grid, time_bins(spec.start, spec.end, "month")[0], 0)[0]
+    (Path(spec.store) / "red/c/0/0/0/in-the-way").mkdir(parents=True)  # red's rename fails: EISDIR
+    real_set = LocalStore.set
+
+    async def slow_count(self, key, value):  # the count chunk is still being written when red fails
+        if key.startswith("count/"):
+            await asyncio.sleep(0.5)
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", slow_count)
+    with pytest.raises(IsADirectoryError):
+        write(task)
+    written = chunk_files(spec.store)
+    assert "count/c/0/0/0" in written, sorted(written)
+    assert not [k for k in written if ".partial" in k]
+
+
 def test_committed_time_index_is_never_written(tmp_path):
     spec, gb, grid = make(tmp_path)
     S.ensure_cube(spec, grid)
