@@ -268,11 +268,13 @@ def section_4(ctx: dict[str, Any], rows: list[Row], notes: list[str]) -> None:
     t100k = 100_000 / rate
     notes.append(
         f"4c: a task body carries its {eq['items_per_task']} minimal STAC items ({eq['json_bytes'] / 1024:.0f} KiB of "
-        f"JSON; `TaskQueue` sends it as {eq['body_bytes'] / 1024:.1f} KiB, zlib + base64 when that is smaller), "
+        f"JSON; `TaskQueue` sends it as {eq['body_bytes'] / 1024:.1f} KiB, zstd + base64 when that is smaller; each "
+        f"item dict is serialized once per enqueue, `cubeless.models.TaskEncoder`), "
         f"{eq['tasks_per_batch']:.0f} per SendMessageBatch. The client alone (serialise, compress, botocore encode; no "
         f"network) manages {eq['client_tasks_per_s']:,.0f} tasks/s on this machine. The moto server runs in its own "
-        "process (`bench/moto_sqs.py` answers moto's approximate counts from the queue length: moto recomputes them "
-        "by walking the whole queue on every message it accepts, O(n^2) per run) and parses every request in "
+        "process (`bench/moto_sqs.py` answers moto's approximate counts from the queue length, where moto walks the "
+        "whole queue on every message it accepts, O(n^2) per run, and memoizes two pure helpers moto calls per "
+        "message and per request) and parses every request in "
         f"Python, sharing the 2 cores with the client. On AWS SQS (in-region SendMessageBatch ~10-20 ms, far above "
         f"2,000 msgs/s per queue), 100,000 tasks take about {t100k:.0f} s of the planner Lambda at the client's rate "
         f"({t100k / 60:.1f} min of its 15), {body_chunks} billed request(s) per message (one per 64 KiB): "

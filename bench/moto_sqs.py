@@ -15,12 +15,18 @@ import sys
 
 
 def main(port: int) -> None:
+    import functools
+
+    from moto import backends
     from moto.server import ThreadedMotoServer
     from moto.sqs import models
 
     models.Queue.approximate_number_of_messages = property(lambda self: len(self._messages))  # type: ignore[assignment]
     models.Queue.approximate_number_of_messages_not_visible = property(lambda self: 0)  # type: ignore[assignment]
     models.Queue.approximate_number_of_messages_delayed = property(lambda self: 0)  # type: ignore[assignment]
+    models.camelcase_to_underscores = functools.lru_cache(maxsize=None)(models.camelcase_to_underscores)  # type: ignore[attr-defined]
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules  # type: ignore[assignment]
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

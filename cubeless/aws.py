@@ -38,17 +38,20 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from numcodecs import Zstd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import CubelessError, SpecError, UserError
-from .models import Task
+from .models import Task, TaskEncoder
 from .spec import CubeSpec, parse_spec
 from .timebins import bin_start
 
 #: A task body larger than this is written to S3 and the message carries a pointer to it.
 MAX_BODY_BYTES = 200 * 1024
-#: Task bodies longer than this are sent zlib-compressed (base64), marked by the `body` attribute.
+#: Task bodies longer than this are sent zstd-compressed (base64), marked by the `body` attribute
+#: (``zstd``; ``zlib`` is still read, for messages queued by an earlier version).
 COMPRESS_OVER = 1024
+_ZSTD = Zstd(level=1)
 #: SQS limits: entries per SendMessageBatch, and bytes per batch (bodies plus attributes).
 BATCH_ENTRIES = 10
 MAX_BATCH_BYTES = 256 * 1024
@@ -279,21 +282,23 @@ class TaskQueue:
             return self._s3
 
     # -- sending -----------------------------------------------------------------------------
-    def _entry(self, task: Task) -> dict[str, Any]:
-        body = task.model_dump_json()
+    def _entry(self, task: Task, encode: TaskEncoder | None = None) -> dict[str, Any]:
+        raw = (encode or TaskEncoder())(task)
+        body = raw.decode()
         attrs = {
             "run_id": {"DataType": "String", "StringValue": task.run_id},
             "task_id": {"DataType": "String", "StringValue": task.task_id},
         }
         if len(body) > COMPRESS_OVER:
-            # A task's STAC items are repetitive JSON: zlib shrinks ~70 KiB to a few KiB, so 10
-            # tasks fit a batch and far fewer bytes are serialized, sent and parsed per task.
-            packed = base64.b64encode(zlib.compress(body.encode(), 1)).decode("ascii")
+            # A task's STAC items are repetitive JSON: zstd shrinks ~70 KiB to ~2 KiB, so 10
+            # tasks fit a batch and far fewer bytes are sent and parsed per task. zstd level 1
+            # (numcodecs, zarr's codec library) is 3x faster than zlib level 1 and smaller.
+            packed = base64.b64encode(_ZSTD.encode(raw)).decode("ascii")
             if len(packed) < len(body):
                 body = packed
-                attrs["body"] = {"DataType": "String", "StringValue": "zlib"}
+                attrs["body"] = {"DataType": "String", "StringValue": "zstd"}
         if len(body) > MAX_BODY_BYTES:
-            body = self._spill(task, task.model_dump_json())
+            body = self._spill(task, raw.decode())
             attrs["body"] = {"DataType": "String", "StringValue": "s3"}
         return {"Id": "0", "MessageBody": body, "MessageAttributes": attrs}
 
@@ -309,8 +314,9 @@ class TaskQueue:
         """Entries packed into batches of at most 10 entries and 256 KiB."""
         batch: list[dict[str, Any]] = []
         size = 0
+        encode = TaskEncoder()
         for task in tasks:
-            entry = self._entry(task)
+            entry = self._entry(task, encode)
             n = _entry_bytes(entry)
             if batch and (len(batch) == BATCH_ENTRIES or size + n > MAX_BATCH_BYTES):
                 yield batch
@@ -361,6 +367,8 @@ class TaskQueue:
         if encoding == "s3":
             bucket, _, key = json.loads(body)["task_uri"].removeprefix("s3://").partition("/")
             body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        elif encoding == "zstd":
+            body = bytes(_ZSTD.decode(base64.b64decode(body)))
         elif encoding == "zlib":
             body = zlib.decompress(base64.b64decode(body))
         return Received(

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 
 from . import fs
 from .errors import UserError
-from .models import RunRecord, Task, TaskResult
+from .models import RunRecord, Task, TaskEncoder, TaskResult
 from .spec import CubeSpec
 
 RUNS_PREFIX = "_cubeless/runs"
@@ -98,6 +98,7 @@ class RunState:
         item_pos: dict[str, int] = {}
         task_items: list[list[int]] = []
         spec_doc: Any = None if spec is None else spec.model_dump(mode="json")
+        encode = TaskEncoder()
         with _AtomicWriter(self.tasks_uri) as out:
             for task in tasks:
                 tid = task.task_id
@@ -108,7 +109,7 @@ class RunState:
                 seen.add(tid)
                 if spec_doc is None:
                     spec_doc = task.spec.model_dump(mode="json")
-                out.write(task.model_dump_json().encode())
+                out.write(encode(task))
                 out.write(b"\n")
                 ids.append(tid)
                 refs = []

@@ -454,3 +454,25 @@ def test_planning_brazil_scale_is_fast():
     assert len(plan.tasks) == len(plan.tiles) * 12 > 100_000
     assert plan.scenes.min >= 2
     assert dt < 20
+
+
+def test_task_encoder_gives_the_bytes_of_model_dump_json():
+    """The encoder serializes each item dict once; its output must be model_dump_json's, byte for
+    byte, whether items are shared between tasks, equal but distinct, id-less or non-ASCII."""
+    from cubeless.models import TaskEncoder
+
+    spec = parse_spec({"name": "e", "bbox": [10.0, 45.0, 10.3, 45.2], "start": "2024-05-01", "end": "2024-05-31",
+                       "store": "/tmp/unused.zarr", "chunk": 256})
+    gb = cube_geobox(spec)
+    items = [{"id": f"S2B_{k}", "properties": {"eo:cloud_cover": k / 3, "note": "é\u2713\"q\""}, "bbox": [1e-7, 2.5, None, True]}
+             for k in range(4)]
+    items.append({"type": "Feature", "properties": {}})  # no id
+    items.append({**items[0], "assets": {"red": {"href": "s3://other"}}})  # same id, other content
+    plan = make_plan(spec, search=lambda *a, **k: [])
+    tasks = [t.model_copy(update={"items": items[i % 3 : i % 3 + 3] + items[-2:]}) for i, t in enumerate(plan.tasks)]
+    assert len(tasks) > 3 and gb is not None
+    encode = TaskEncoder()
+    for task in tasks + tasks:  # the second pass is served from the item cache
+        assert encode(task) == task.model_dump_json().encode()
+    empty = tasks[0].model_copy(update={"items": []})
+    assert encode(empty) == empty.model_dump_json().encode()
