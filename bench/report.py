@@ -102,7 +102,7 @@ def markdown(m: dict[str, str], rows: list[Row], notes: list[str], load_end: str
         f"- Python {m['python']}, numpy {m['numpy']}, GDAL {m['gdal']} (rasterio {m['rasterio']}), "
         f"odc-stac {m['odc-stac']}, zarr {m['zarr']}, dask {m['dask']}",
         f"- load average (1/5/15 min) at start: {m['load_at_start']}; at end: {load_end} "
-        "(the machine is shared with other test runs: absolute times are pessimistic, ratios are the point)",
+        "(includes the benchmark's own processes; see Notes for the CPU other processes took during the task runs)",
         "",
         "## Results",
         "",
