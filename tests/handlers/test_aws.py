@@ -166,23 +166,14 @@ def test_spilling_without_a_location_is_a_config_error(queues: Queues, run: Run)
 
 
 @pytest.mark.slow
-def test_enqueue_throughput_2000_tasks(queues: Queues, run: Run) -> None:
-    """Prints tasks/s. Against moto the server is the bottleneck (it scans the whole queue on every
-    send, in the test's own process), so this bounds nothing about SQS; the packing rate is ours."""
+def test_2000_tasks_go_out_in_200_full_batches_and_all_arrive(queues: Queues, run: Run) -> None:
+    """Eight sender threads, ~5 KB bodies: every task is queued, ten per batch (the rate is
+    measured by ``make bench``, 4c, not here)."""
     tasks = tasks_of(run, 2000, item_bytes=2000)  # ~5 KB bodies, like a tile with a few scenes
     queue = queues.queue(threads=8)
-    t0 = time.perf_counter()
-    batches = list(queue._batches(tasks))
-    packing = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    assert len(list(queue._batches(tasks))) == 200
     assert queue.enqueue(tasks) == 2000
-    seconds = time.perf_counter() - t0
-    print(
-        f"\nenqueue throughput: 2000 tasks in {len(batches)} batches, {seconds:.1f} s = {2000 / seconds:,.0f} tasks/s "
-        f"(8 threads, moto ThreadedMotoServer); serializing and packing alone: {2000 / packing:,.0f} tasks/s"
-    )
     assert queue.depth().visible == 2000
-    assert len(batches) == 200
 
 
 def test_move_to_redrives_one_runs_messages(queues: Queues, run: Run) -> None:

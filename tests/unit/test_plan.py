@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from datetime import date
 
 import numpy as np
@@ -428,7 +427,7 @@ def test_fast_task_construction_equals_validated_tasks():
             t.t = 5  # frozen
 
 
-def test_planning_brazil_scale_is_fast():
+def test_a_brazil_scale_plan_has_a_task_per_land_tile_and_month():
     """~11,000 land tiles x 12 months, ~46,000 items: assignment in seconds (search excluded)."""
     spec = parse_spec({"name": "br", "bbox": [-74.0, -33.8, -34.8, 5.3], "start": "2020-01-01",
                        "end": "2020-12-31", "store": "/tmp/br"})
@@ -446,14 +445,9 @@ def test_planning_brazil_scale_is_fast():
                         "links": [],
                         "assets": {b: {"href": f"https://x/{b}.tif", "file:size": 10**8} for b in ("red", "green", "blue", "scl")},
                     })
-    t = time.perf_counter()
-    plan = make_plan(spec, search=searcher(items))
-    dt = time.perf_counter() - t
-    print(f"\nBrazil plan: {len(plan.tiles)} land tiles x {len(plan.bins)} bins = {len(plan.tasks)} tasks, "
-          f"{len(items)} items, {dt:.2f} s ({ {k: round(v, 2) for k, v in plan.seconds.items()} })")
+    plan = make_plan(spec, search=searcher(items))  # its speed is measured by `make bench` (4a), not here
     assert len(plan.tasks) == len(plan.tiles) * 12 > 100_000
     assert plan.scenes.min >= 2
-    assert dt < 20
 
 
 def test_task_encoder_gives_the_bytes_of_model_dump_json():
