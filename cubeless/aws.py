@@ -22,6 +22,7 @@ Example (moto or a real account)::
 from __future__ import annotations
 
 import base64
+import difflib
 import json
 import os
 import random
@@ -213,7 +214,9 @@ def parse_request(event: Any) -> RunRequest:
         return RunRequest(spec=parse_spec(event))
     extra = sorted(set(event) - set(RunRequest.model_fields))
     if extra:
-        raise SpecError(f"execution input field `{extra[0]}` is not known; use spec, lanes and as_of")
+        close = difflib.get_close_matches(extra[0], list(RunRequest.model_fields), n=1, cutoff=0.75)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise SpecError(f"execution input field `{extra[0]}` is not known; {hint}use spec, lanes and as_of")
     spec = parse_spec(event["spec"])
     try:
         request = RunRequest.model_validate({**event, "spec": spec})

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from datetime import date
@@ -209,6 +210,23 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) if parts else "spec"
 
 
+def _unknown_field_fix(loc: tuple[Any, ...]) -> str:
+    """The fix for an unknown field: the closest known name when it looks misspelt, and the
+    fields of the model it was found in (the spec's, or a nested one's such as ``mask``)."""
+    model: type[BaseModel] = CubeSpec
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.75)
+    listing = f"(fields: {', '.join(known)})"
+    if close:
+        return f"did you mean `{close[0]}`? {listing}"
+    return f"remove it or fix its spelling {listing}"
+
+
 def _one_line(err: ValidationError) -> str:
     """Condense pydantic's report into one line: the first problem, its field, and the fix."""
     first = err.errors()[0]
@@ -217,8 +235,7 @@ def _one_line(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     indexed = any(isinstance(p, int) for p in first["loc"])
     if kind == "extra_forbidden":
-        known = ", ".join(CubeSpec.model_fields)
-        line = f"spec field `{field}` is not known; remove it or fix its spelling (fields: {known})"
+        line = f"spec field `{field}` is not known; {_unknown_field_fix(first['loc'])}"
     elif kind == "missing" and indexed:
         line = f"spec field `{field}` has too few items; {FIX_HINTS.get(field, 'check the list')}"
     elif kind == "too_long":

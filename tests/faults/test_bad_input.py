@@ -97,7 +97,7 @@ CASES = [
     Case("crs-unknown", "validate", _set(crs="EPSG:999999"), "is not a CRS pyproj knows"),
     Case("interval-unknown", "validate", _set(interval="fortnight"), "use week, month, quarter or year"),
     Case("field-unknown", "validate", _set(colour="red"), "spec field `colour` is not known"),
-    Case("field-misspelt", "validate", _drop("resolution", resolutoin=0.00027), "spec field `resolutoin` is not known"),
+    Case("field-misspelt", "validate", _drop("resolution", resolutoin=0.00027), "spec field `resolutoin` is not known; did you mean `resolution`?"),
     Case("missing-store", "validate", _drop("store"), "spec field `store` is required"),
     Case("missing-name", "validate", _drop("name"), "spec field `name` is required"),
     Case("missing-bbox-and-aoi", "validate", _drop("bbox"), "exactly one of `bbox` or `aoi`"),

@@ -225,7 +225,7 @@ def test_parse_request_takes_a_bare_spec_or_an_envelope() -> None:
     [
         ({"name": "hx"}, r"spec field `.*` is required; add it"),
         ({"spec": {"name": "hx"}}, r"spec field `.*` is required"),
-        ({"spec": spec_doc("s3://c/x.zarr"), "lanse": 3}, r"execution input field `lanse` is not known"),
+        ({"spec": spec_doc("s3://c/x.zarr"), "lanse": 3}, r"execution input field `lanse` is not known; did you mean `lanes`\?"),
         ({"spec": spec_doc("s3://c/x.zarr"), "lanes": 0}, r"execution input field `lanes`"),
         ({"spec": spec_doc("s3://c/x.zarr"), "as_of": "soon"}, r"execution input field `as_of`"),
         ([1, 2], r"spec must be a YAML/JSON object"),
