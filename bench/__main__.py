@@ -146,14 +146,14 @@ def section_1(ctx: dict[str, Any], rows: list[Row], notes: list[str]) -> None:
     ctx.update(cl_cpu=cl_cpu, seed_cpu=seed_cpu, cl_rss=cl_rss)
     speedup = seed_s / cl_s
     cpu_speedup = seed_cpu / cl_cpu
-    load = statistics.median(r["foreign_cores"] for v in runs.values() for r in v)
-    overloaded = load > OVERLOAD_FOREIGN_CORES
-    ctx["overloaded"], ctx["load"] = overloaded, load
+    foreign = statistics.median(r["foreign_cores"] for v in runs.values() for r in v)
+    overloaded = foreign > OVERLOAD_FOREIGN_CORES
+    ctx["overloaded"], ctx["foreign_cores"] = overloaded, foreign
     judged = cpu_speedup if overloaded else speedup
     rows.append(Row("1a", "Task end to end: 1200x1200 px at 30 m (UTM), 25 scenes, local COGs",
                     f">= {GOAL_SPEEDUP:g}x faster than the seed",
                     f"cubeless {cl_s:.1f} s vs seed {seed_s:.1f} s wall (CPU {cl_cpu:.1f} s vs {seed_cpu:.1f} s)"
-                    + (f"; machine shared (other processes used {load:.1f} of {cores()} cores): judged on CPU" if overloaded else ""),
+                    + (f"; machine shared (other processes used {foreign:.1f} of {cores()} cores): judged on CPU" if overloaded else ""),
                     f"{speedup:.1f}x (CPU {cpu_speedup:.1f}x)", judged >= GOAL_SPEEDUP))
     rows.append(Row("1b", "Task peak RSS (fresh process)", f"<= {GOAL_RSS_MB / 1024:g} GB",
                     f"cubeless {cl_rss:,.0f} MB (seed {seed_rss:,.0f} MB)", f"{cl_rss / GOAL_RSS_MB:.2f} of limit",
@@ -399,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     # -- report ------------------------------------------------------------------------------------
     load_end = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     head: list[str] = []
-    if "load" in ctx:
-        head.append(f"Load: other processes used {ctx['load']:.2f} of the {cores()} cores on average during the "
+    if "foreign_cores" in ctx:
+        head.append(f"Load: other processes used {ctx['foreign_cores']:.2f} of the {cores()} cores on average during the "
                         "task runs (median over the runs; the machine's busy CPU time from /proc/stat minus the "
                         "benchmark's own, so the seed's 16 threads do not count as load). Above "
                         f"{OVERLOAD_FOREIGN_CORES:g} core the scheduler decides how much CPU each side gets (the seed runs 16 dask "

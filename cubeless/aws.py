@@ -22,7 +22,6 @@ Example (moto or a real account)::
 from __future__ import annotations
 
 import base64
-import difflib
 import json
 import os
 import random
@@ -44,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import CubelessError, SpecError, UserError
 from .models import Task, TaskEncoder
-from .spec import CubeSpec, parse_spec
+from .spec import CubeSpec, did_you_mean, parse_spec
 from .timebins import bin_start
 
 #: A task body larger than this is written to S3 and the message carries a pointer to it.
@@ -214,8 +213,7 @@ def parse_request(event: Any) -> RunRequest:
         return RunRequest(spec=parse_spec(event))
     extra = sorted(set(event) - set(RunRequest.model_fields))
     if extra:
-        close = difflib.get_close_matches(extra[0], list(RunRequest.model_fields), n=1, cutoff=0.75)
-        hint = f"did you mean `{close[0]}`? " if close else ""
+        hint = did_you_mean(extra[0], list(RunRequest.model_fields))
         raise SpecError(f"execution input field `{extra[0]}` is not known; {hint}use spec, lanes and as_of")
     spec = parse_spec(event["spec"])
     try:

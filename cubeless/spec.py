@@ -220,11 +220,14 @@ def _unknown_field_fix(loc: tuple[Any, ...]) -> str:
             break
         model = annotation
     known = list(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.75)
     listing = f"(fields: {', '.join(known)})"
-    if close:
-        return f"did you mean `{close[0]}`? {listing}"
-    return f"remove it or fix its spelling {listing}"
+    return f"{did_you_mean(str(loc[-1]), known) or 'remove it or fix its spelling '}{listing}"
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """``"did you mean `x`? "`` when ``name`` looks like a misspelling of one of ``known``, else ``""``."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    return f"did you mean `{close[0]}`? " if close else ""
 
 
 def _one_line(err: ValidationError) -> str:

@@ -428,7 +428,7 @@ def test_fast_task_construction_equals_validated_tasks():
 
 
 def test_a_brazil_scale_plan_has_a_task_per_land_tile_and_month():
-    """~11,000 land tiles x 12 months, ~46,000 items: assignment in seconds (search excluded)."""
+    """~11,000 land tiles x 12 months, ~46,000 items: every land tile gets a task per month, each with scenes."""
     spec = parse_spec({"name": "br", "bbox": [-74.0, -33.8, -34.8, 5.3], "start": "2020-01-01",
                        "end": "2020-12-31", "store": "/tmp/br"})
     items = []
