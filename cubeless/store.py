@@ -10,11 +10,12 @@ Layout and the rules readers rely on are in ``docs/design.md`` ("Store layout", 
   commit step) grows the shapes and rewrites the consolidated metadata in the root ``zarr.json``,
   the one object write that switches readers to the new time steps.
 
-Values are raw source digital numbers (DNs). The source ``scale``/``offset`` of each band are
-recorded as the attributes ``source_scale``/``source_offset`` and deliberately NOT as CF
-``scale_factor``/``add_offset``, so xarray never rescales on open; reflectance is
-``DN * source_scale + source_offset``. Likewise there is no ``_FillValue`` attribute (xarray keeps
-``uint16``); the attribute ``nodata: 0`` documents the fill value for rioxarray/GDAL users.
+Values are stored as raw source digital numbers (DNs) and described with CF attributes, so that
+``xr.open_zarr(store)`` (xarray's default ``mask_and_scale=True``) gives reflectance: each band has
+``scale_factor``/``add_offset`` (the source's scale/offset, when known) and ``_FillValue: 0``, so a
+pixel without a valid observation (``count == 0``) reads as NaN. ``mask_and_scale=False`` gives
+the raw uint16 DNs. ``count`` has neither: 0 observations is a value, not missing data (GDAL still
+reports the Zarr ``fill_value`` 0 as its nodata). ``time_bnds`` holds each bin's [start, end).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ LAYOUT_VERSION = 1
 COUNT = "count"
 #: Name of the CF grid-mapping variable.
 SPATIAL_REF = "spatial_ref"
+#: Name of the CF bounds variable of the time axis: each bin's [start, end), in days since the epoch.
+TIME_BNDS = "time_bnds"
+#: The fill value of every band: no valid observation (valid DNs are 1..65535).
+BAND_FILL = 0
 #: Identity fields, in the order a mismatch is reported (the grid last: it follows from the others).
 IDENTITY_FIELDS = ("crs", "resolution", "chunk", "bands", "mask", "resampling", "collection", "interval", "grid")
 #: Source scale/offset of collections we know, used when ensure_cube is given none.
@@ -306,8 +311,15 @@ def _layout(
             "time", shape=(0,), chunks=(TIME_CHUNK,), dtype="int64", fill_value=TIME_FILL, dimension_names=("time",),
             attributes={
                 "standard_name": "time", "long_name": f"start of the {spec.interval} bin", "axis": "T",
-                "units": TIME_UNITS, "calendar": "proleptic_gregorian",
+                "units": TIME_UNITS, "calendar": "proleptic_gregorian", "bounds": TIME_BNDS,
             },
+        )
+    if TIME_BNDS not in existing:
+        group.create_array(
+            TIME_BNDS, shape=(0, 2), chunks=(TIME_CHUNK, 2), dtype="int64", fill_value=TIME_FILL,
+            dimension_names=("time", "bnds"),
+            attributes={"long_name": f"start and end of the {spec.interval} bin", "units": TIME_UNITS,
+                        "calendar": "proleptic_gregorian"},
         )
     if SPATIAL_REF not in existing:
         ref = group.create_array(SPATIAL_REF, shape=(), dtype="int64", fill_value=0, dimension_names=(), attributes=_crs_attrs(grid))
@@ -315,18 +327,18 @@ def _layout(
     known = KNOWN_SCALE_OFFSET.get(spec.collection)
     so: dict[str, tuple[float, float]] = {b: known for b in spec.bands} if known else {}
     so.update(scale_offset or {})
-    common = {"grid_mapping": SPATIAL_REF, "coordinates": SPATIAL_REF, "nodata": 0}
+    common = {"grid_mapping": SPATIAL_REF, "coordinates": SPATIAL_REF}
     for name in (*spec.bands, COUNT):
         if name in existing:
             continue
-        if name == COUNT:
+        if name == COUNT:  # no _FillValue: 0 observations is a value
             attrs = {"long_name": "valid observations in the bin", "units": "1", **common}
         else:
-            attrs = {"long_name": f"median {name} ({spec.collection})", "units": "1", **common}
+            attrs = {"long_name": f"median {name} ({spec.collection})", "units": "1", "_FillValue": BAND_FILL, **common}
             if name in so:
                 scale, offset = so[name]
-                attrs["source_scale"] = float(scale)
-                attrs["source_offset"] = float(offset)
+                attrs["scale_factor"] = float(scale)
+                attrs["add_offset"] = float(offset)
         group.create_array(
             name, shape=(0, H, W), chunks=(1, spec.chunk, spec.chunk), dtype="uint16", fill_value=0,
             dimension_names=spec.dims, attributes=attrs, **codecs,
@@ -371,8 +383,8 @@ def ensure_cube(
 ) -> CubeInfo:
     """Create the cube in ``spec.store`` if absent, else verify it is the same cube.
 
-    ``scale_offset`` maps band -> (scale, offset) of the source DNs, recorded as the attributes
-    ``source_scale``/``source_offset`` (default: known values for the collection, else none).
+    ``scale_offset`` maps band -> (scale, offset) of the source DNs, recorded as the CF attributes
+    ``scale_factor``/``add_offset`` (default: known values for the collection, else none).
     Raises :class:`PlanError` (one line naming the differing field) when the store holds another
     cube. Returns the committed bins and the time origin.
     """
@@ -472,6 +484,17 @@ def _to_dn(name: str, data: np.ndarray, src: tuple[float, float] | None, dst: tu
     raise ValueError(f"band {name!r} has dtype {a.dtype}; pass numbers")
 
 
+def cube_scale_offset(attrs: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(scale, offset) that turns a band's stored DNs into reflectance, from its attributes; None if unknown.
+
+    Cubes made before the CF attributes recorded ``source_scale``/``source_offset``; both are read.
+    """
+    for s, o in (("scale_factor", "add_offset"), ("source_scale", "source_offset")):
+        if s in attrs:
+            return float(attrs[s]), float(attrs.get(o, 0.0))
+    return None
+
+
 def _extended(arr: "zarr.Array", length: int, *, write_empty_chunks: bool = False) -> "zarr.Array":
     """A handle on ``arr`` whose time axis reaches ``length``, made in memory (no metadata write)."""
     import zarr
@@ -493,7 +516,7 @@ def write_task(
     ``bands`` holds one ``(tile.ny, tile.nx)`` array per spec band of raw source DNs (uint16, or
     float with NaN for no data, rounded); ``count`` the per-pixel number of valid observations.
     ``scale_offset`` is the source's band -> (scale, offset) (from STAC ``raster:bands``); where it
-    differs from the cube's recorded ``source_scale``/``source_offset`` the DNs are re-expressed in
+    differs from the cube's recorded ``scale_factor``/``add_offset`` the DNs are re-expressed in
     the cube's convention, so one cube never mixes two scalings. Where it matches, where it is
     ``(1.0, 0.0)`` (what compose reports when the items do not say: unknown, not "unscaled"), or
     where the cube records none, the DNs are written unchanged.
@@ -532,8 +555,7 @@ def write_task(
     src = {b: so for b, so in _scale_offsets(scale_offset, spec.bands).items() if so != (1.0, 0.0)}
     data: dict[str, np.ndarray] = {}
     for b in spec.bands:
-        battrs = group[b].attrs
-        dst = (float(battrs["source_scale"]), float(battrs["source_offset"])) if "source_scale" in battrs else None
+        dst = cube_scale_offset(group[b].attrs)
         data[b] = _to_dn(b, bands[b], src.get(b), dst)
     cnt = np.asarray(count)
     if cnt.dtype.kind == "f":
@@ -578,6 +600,9 @@ def publish_bins(store: str, length: int) -> list[TimeBin]:
     if length > n:
         values = np.array([days_since_epoch(b.start) for b in bins], dtype=np.int64)
         _extended(group["time"], length, write_empty_chunks=True)[:] = values  # type: ignore[arg-type]
+        if TIME_BNDS in group:  # cubes made before time_bnds have none
+            bounds = np.array([[days_since_epoch(b.start), days_since_epoch(b.end)] for b in bins], dtype=np.int64)
+            _extended(group[TIME_BNDS], length, write_empty_chunks=True)[:] = bounds  # type: ignore[arg-type]
     for name in group.array_keys():
         arr = group[name]
         if arr.ndim and (arr.metadata.dimension_names or (None,))[0] == "time" and arr.shape[0] != length:  # type: ignore[union-attr]
@@ -587,11 +612,17 @@ def publish_bins(store: str, length: int) -> list[TimeBin]:
 
 
 # -- reading ----------------------------------------------------------------------------------------
-def open_cube(store: str, **kwargs: Any) -> "xr.Dataset":
-    """The committed cube as an xarray Dataset, from the consolidated metadata (lazy, dask-free)."""
+def open_cube(store: str, *, raw: bool = False, **kwargs: Any) -> "xr.Dataset":
+    """The committed cube as an xarray Dataset, from the consolidated metadata (lazy, dask-free).
+
+    Bands read as reflectance (float, NaN where there was no valid observation) like
+    ``xr.open_zarr(store)``; ``raw=True`` gives the stored uint16 DNs (0 = no observation).
+    """
     import xarray as xr
 
     opts: dict[str, Any] = {"consolidated": True, "zarr_format": 3, "chunks": None}
+    if raw:
+        opts["mask_and_scale"] = False
     opts.update(kwargs)
     return xr.open_zarr(fs.zarr_store(fs.normalize(store), read_only=True), **opts)
 

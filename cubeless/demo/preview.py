@@ -31,7 +31,7 @@ class PreviewOptions:
 def _open(store: str | Path, storage_options: Mapping[str, Any] | None) -> Any:
     import xarray as xr
 
-    return xr.open_zarr(str(store), chunks=None, storage_options=dict(storage_options) if storage_options else None)
+    return xr.open_zarr(str(store), chunks=None, mask_and_scale=False, storage_options=dict(storage_options) if storage_options else None)
 
 
 def _select_time(ds: Any, when: int | str) -> Any:

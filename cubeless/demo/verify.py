@@ -90,7 +90,7 @@ def compare_cube(
 
     spec = spec if isinstance(spec, CubeSpec) else parse_spec(dict(spec))
     margin = default_margin_m(spec, scene_set) if margin_m is None else margin_m
-    ds = xr.open_zarr(store, chunks=None)
+    ds = xr.open_zarr(store, chunks=None, mask_and_scale=False)  # the stored DNs
     _, ydim, xdim = spec.dims
     problems: list[str] = []
     for name in (*spec.bands, *(["count"] if check_count else [])):

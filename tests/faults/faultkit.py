@@ -468,8 +468,8 @@ def assert_identical(store: str | Path, reference: str | Path, *, metadata: bool
     assert not missing and not extra, f"objects missing {missing[:5]} / unexpected {extra[:5]}"
     differ = sorted(k for k in want if got[k] != want[k])
     assert not differ, f"{len(differ)} objects differ from the fault-free cube, e.g. {differ[:5]}"
-    a = xr.open_zarr(store, chunks=None)
-    b = xr.open_zarr(reference, chunks=None)
+    a = xr.open_zarr(store, chunks=None, mask_and_scale=False)
+    b = xr.open_zarr(reference, chunks=None, mask_and_scale=False)
     assert a.sizes == b.sizes, f"sizes {dict(a.sizes)} != {dict(b.sizes)}"
     for name in b.variables:
         assert np.array_equal(a[name].values, b[name].values), f"variable {name} differs"

@@ -50,7 +50,7 @@ class Reader(threading.Thread):
         manifest_path = self.store / "_cubeless" / "manifest.json"
         manifest = read_json(manifest_path) if manifest_path.exists() else None
         try:
-            ds = xr.open_zarr(self.store, chunks=None)
+            ds = xr.open_zarr(self.store, chunks=None, mask_and_scale=False)
         except FileNotFoundError:
             self.lengths.append(-1)
             return
@@ -91,7 +91,7 @@ class Reader(threading.Thread):
 
 
 def test_readers_never_see_half_a_run(tmp_path: Path, stac: str, reference: Callable[[str], Path]) -> None:
-    ref = xr.open_zarr(reference("full"), chunks=None).load()
+    ref = xr.open_zarr(reference("full"), chunks=None, mask_and_scale=False).load()
     store = tmp_path / "cube.zarr"
     reader = Reader(store, ref)
     reader.start()

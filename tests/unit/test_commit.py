@@ -98,7 +98,7 @@ def test_complete_run_is_published_with_its_manifest(tmp_path):
     assert read_manifest(spec.store) == m == read_manifest(spec.store, run.run_id)
     assert "committed" in summary(m)
 
-    ds = xr.open_zarr(spec.store)
+    ds = xr.open_zarr(spec.store, mask_and_scale=False)
     assert ds.sizes["time"] == 2 and ds.red.shape[0] == 2
     assert (ds.red.isel(time=1).values == 200).all() and (ds["count"].values == 4).all()
 
@@ -129,7 +129,7 @@ def test_incomplete_run_is_not_published_and_names_what_is_missing(tmp_path, cap
     run.execute(missing)
     m2 = commit_run(spec.store, run.run_id)
     assert m2.complete and not m2.failures and len(m2.committed_bins) == 1
-    assert (S.open_cube(spec.store).red.values == 100).all()
+    assert (S.open_cube(spec.store, raw=True).red.values == 100).all()
 
 
 def test_commit_is_idempotent_and_old_runs_do_not_steal_the_latest_manifest(tmp_path):
@@ -153,7 +153,7 @@ def test_commit_is_idempotent_and_old_runs_do_not_steal_the_latest_manifest(tmp_
     fs.put_bytes(fs.join(spec.store, "_cubeless/manifest.json"), m1.model_dump_json().encode())
     commit_run(spec.store, b.run_id)
     assert read_manifest(spec.store).run_id == b.run_id
-    ds = S.open_cube(spec.store)
+    ds = S.open_cube(spec.store, raw=True)
     assert (ds.red.isel(time=0).values == 100).all() and (ds.red.isel(time=1).values == 200).all()
 
 
@@ -192,7 +192,7 @@ def test_run_without_tasks_commits_empty_steps(tmp_path):
     run.state.write_record(run.state.read_record().model_copy(update={"task_count": 0}))
     m = commit_run(spec.store, run.run_id)
     assert m.complete and m.tasks_planned == 0 and len(m.committed_bins) == 1
-    assert (S.open_cube(spec.store).red.values == 0).all()
+    assert (S.open_cube(spec.store, raw=True).red.values == 0).all()
 
 
 def test_missing_run_is_an_error(tmp_path):
@@ -211,7 +211,7 @@ def test_readers_never_see_half_a_commit(tmp_path):
     def reader() -> None:
         while not stop.is_set():
             try:
-                ds = xr.open_zarr(spec.store)
+                ds = xr.open_zarr(spec.store, mask_and_scale=False)
                 n = ds.sizes["time"]
                 for v in ("red", "green", "blue", "count"):
                     if ds[v].shape[0] != n:
@@ -345,7 +345,7 @@ def test_s3_run_commit_and_read(s3):
     assert m.complete and len(m.committed_bins) == 2
     assert m.timings["tasks_timed"] == 12 and m.timings["task_seconds_max"] == 1.0
     assert s3.exists("cubes/it/cube.zarr/_cubeless/manifest.json")
-    ds = S.open_cube(spec.store)
+    ds = S.open_cube(spec.store, raw=True)
     assert ds.sizes["time"] == 2 and (ds.red.isel(time=1).values == 200).all()
     ds2 = xr.open_zarr("s3://cubes/it/cube.zarr", zarr_format=3)
     assert list(ds2.time.values.astype("datetime64[D]").astype(str)) == ["2020-01-01", "2020-02-01"]

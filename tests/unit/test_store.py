@@ -75,9 +75,11 @@ def test_ensure_cube_creates_a_cf_zarr_v3_layout(tmp_path):
     assert red["chunk_grid"]["configuration"]["chunk_shape"] == [1, 64, 64]
     assert red["dimension_names"] == ["time", "latitude", "longitude"]
     assert red["attributes"]["grid_mapping"] == "spatial_ref"
-    assert red["attributes"]["source_scale"] == 0.0001 and red["attributes"]["source_offset"] == -0.1
-    assert "scale_factor" not in red["attributes"] and "_FillValue" not in red["attributes"]
-    assert "source_scale" not in cm["count"]["attributes"]
+    assert red["attributes"]["scale_factor"] == 0.0001 and red["attributes"]["add_offset"] == -0.1
+    assert red["attributes"]["_FillValue"] == 0 and "nodata" not in red["attributes"]
+    # 0 observations is a value: count has no fill value, scale or nodata attribute.
+    assert not {"scale_factor", "_FillValue", "nodata"} & set(cm["count"]["attributes"])
+    assert cm["time"]["attributes"]["bounds"] == "time_bnds" and cm["time_bnds"]["dimension_names"] == ["time", "bnds"]
     assert cm["time"]["attributes"]["units"] == "days since 1970-01-01"
     assert cm["time"]["data_type"] == "int64"
     ref = cm["spatial_ref"]["attributes"]
@@ -89,8 +91,8 @@ def test_ensure_cube_creates_a_cf_zarr_v3_layout(tmp_path):
     assert attrs["origin"] == "2020-01-01" and attrs["interval"] == "month"
     assert attrs["fingerprint"] == S.fingerprint(S.identity(spec, grid))
 
-    ds = S.open_cube(spec.store)
-    assert ds.sizes == {"time": 0, "latitude": grid.height, "longitude": grid.width}
+    ds = S.open_cube(spec.store, raw=True)
+    assert ds.sizes == {"time": 0, "latitude": grid.height, "longitude": grid.width, "bnds": 2}
     assert ds.red.dtype == np.uint16
     np.testing.assert_allclose(ds.longitude.values[:2], [c + a / 2, c + 1.5 * a])
     np.testing.assert_allclose(ds.latitude.values[0], f + e / 2)
@@ -248,7 +250,7 @@ def test_edge_tile_lands_at_its_true_offset_with_whole_chunk_writes_only(tmp_pat
     assert not [c for c in calls if c.startswith(("delete", "get_partial"))]
 
     S.publish_bins(spec.store, 1)
-    ds = S.open_cube(spec.store)
+    ds = S.open_cube(spec.store, raw=True)
     red = ds.red.isel(time=0).values
     expected = np.zeros((grid.height, grid.width), np.uint16)
     expected[last.y0 : last.y0 + last.ny, last.x0 : last.x0 + last.nx] = 777
@@ -273,7 +275,7 @@ def test_written_steps_are_invisible_until_published(tmp_path):
     assert (tmp_path / "c.zarr" / "zarr.json").read_bytes() == root_before
 
     assert [b.label for b in S.publish_bins(spec.store, 2)] == ["2020-01-01", "2020-02-01"]
-    ds = xr.open_zarr(spec.store)
+    ds = xr.open_zarr(spec.store, mask_and_scale=False)
     assert list(ds.time.values.astype("datetime64[D]").astype(str)) == ["2020-01-01", "2020-02-01"]
     assert S.time_values(spec.store) == [date(2020, 1, 1), date(2020, 2, 1)]
     for task in tasks_for(spec, gb, grid, bins[1], 1):
@@ -386,7 +388,7 @@ def test_float_values_and_source_scale_offset(tmp_path):
         scale_offset={"red": (0.0001, -0.1), "green": {"scale": 0.0001, "offset": 0.0}, "blue": (1.0, 0.0)},
     )
     S.publish_bins(spec.store, 1)
-    ds = S.open_cube(spec.store).isel(time=0)
+    ds = S.open_cube(spec.store, raw=True).isel(time=0)
     r = ds.red.values
     assert r[0, 0] == 0 and r[0, 1] == 1 and r[5, 5] == 1234  # half to even
     g = ds.green.values
@@ -402,7 +404,7 @@ def test_unknown_source_scale_leaves_dns_unchanged(tmp_path):
     arr = np.full((task.tile.ny, task.tile.nx), 1234, np.uint16)
     S.write_task(task, {b: arr for b in spec.bands}, arr, scale_offset={b: (1.0, 0.0) for b in spec.bands})
     S.publish_bins(spec.store, 1)
-    assert S.open_cube(spec.store).red.values[0, 0, 0] == 1234
+    assert S.open_cube(spec.store, raw=True).red.values[0, 0, 0] == 1234
 
 
 @pytest.mark.parametrize("kw, epsg", [(GEO, 4326), (UTM, 32633)])
@@ -420,6 +422,50 @@ def test_rioxarray_reads_the_crs_and_transform(tmp_path, kw, epsg):
     assert "spatial_ref" in ds.red.coords
     assert ds.red.rio.transform() == pytest.approx(gb.affine)
     assert ds.rio.crs.to_epsg() == epsg
+
+
+@pytest.mark.parametrize("kw, epsg", [(GEO, 4326), (UTM, 32633)])
+def test_default_open_gives_reflectance_nan_where_no_observation_and_bin_bounds(tmp_path, kw, epsg):
+    """xr.open_zarr's default mask_and_scale gives DN * scale + offset, NaN where count is 0 (count
+    itself stays an integer with real zeros); time_bnds holds each bin's [start, end); rioxarray,
+    odc-geo and GDAL still find the CRS and transform."""
+    import rasterio
+    import rioxarray  # noqa: F401
+    from odc.geo.xr import ODCExtensionDa  # noqa: F401
+
+    spec, gb, grid = make(tmp_path, **kw)
+    S.ensure_cube(spec, grid)
+    bins = time_bins(spec.start, spec.end, "month")[:2]
+    for t, b in enumerate(bins):
+        for task in tasks_for(spec, gb, grid, b, t):
+            shape = (task.tile.ny, task.tile.nx)
+            dn = np.full(shape, 2500, np.uint16)
+            cnt = np.full(shape, 3, np.uint16)
+            dn[0, :] = 0  # no valid observation in the first row of every tile
+            cnt[0, :] = 0
+            S.write_task(task, {band: dn for band in spec.bands}, cnt)
+    S.publish_bins(spec.store, 2)
+
+    ds = xr.open_zarr(spec.store, chunks=None)
+    red, count = ds.red.values, ds["count"].values
+    assert red.dtype.kind == "f" and count.dtype == np.uint16
+    assert (count == 0).any() and np.isnan(red[count == 0]).all()
+    np.testing.assert_allclose(red[count > 0], 2500 * 0.0001 - 0.1)
+    assert "_FillValue" not in ds["count"].encoding and "scale_factor" not in ds["count"].encoding
+    raw = xr.open_zarr(spec.store, chunks=None, mask_and_scale=False)
+    assert raw.red.dtype == np.uint16 and (raw.red.values[count == 0] == 0).all()
+    assert raw["count"].rio.nodata is None  # not "0 = nodata"
+
+    bnds = ds.time_bnds.values.astype("datetime64[D]").astype(str).tolist()
+    assert bnds == [["2020-01-01", "2020-02-01"], ["2020-02-01", "2020-03-01"]]
+    assert ds.time.attrs["bounds"] == "time_bnds"
+
+    assert ds.red.rio.crs.to_epsg() == epsg and ds.red.rio.transform() == pytest.approx(gb.affine)
+    assert ds.red.odc.geobox.crs.epsg == epsg and ds.red.odc.geobox.affine == pytest.approx(gb.affine)
+    with rasterio.open(f'ZARR:"{spec.store}":/red:0') as src:  # GDAL's Zarr driver, time index 0
+        assert src.crs.to_epsg() == epsg and src.transform == pytest.approx(gb.affine)
+        assert src.scales == (0.0001,) and src.offsets == (-0.1,) and src.nodata == 0
+        assert (src.read(1) == raw.red.values[0]).all()
 
 
 def test_write_task_timing(tmp_path):
