@@ -21,6 +21,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's would swallow "[default: ...]" in help texts and print <bool> by flags.
+    rich_markup_mode=None,
     help="Build cloud-free median Sentinel-2 datacubes (Zarr v3), on one machine or on AWS.",
 )
 out = Console()
@@ -31,8 +33,15 @@ T = TypeVar("T")
 SpecArg = Annotated[Path, typer.Argument(help="Cube spec, YAML or JSON.", show_default=False)]
 
 
-def _guard(fn: Callable[[], T]) -> T:
-    """Run a command body; a UserError becomes one line on stderr and exit code 2."""
+#: What Ctrl-C means for a command that writes (a run resumes where it stopped).
+RESUME = "interrupted: run the same command again to resume where it stopped"
+
+
+def _guard(fn: Callable[[], T], *, interrupted: str = RESUME) -> T:
+    """Run a command body; a UserError becomes one line on stderr and exit code 2.
+
+    Ctrl-C prints ``interrupted`` (what the interruption left behind) and exits 130.
+    """
     try:
         return fn()
     except UserError as exc:
@@ -41,7 +50,7 @@ def _guard(fn: Callable[[], T]) -> T:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        err.print("interrupted: run the same command again to resume where it stopped", soft_wrap=True)
+        err.print(interrupted, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 
@@ -51,6 +60,23 @@ def _human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} PB"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"cubeless {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Build cloud-free median Sentinel-2 datacubes (Zarr v3), on one machine or on AWS."""
 
 
 @app.command()
@@ -81,16 +107,31 @@ def plan(
             p = make_plan(s, committed=committed, origin=origin, max_tasks=max_tasks)
         return plan_summary(p)
 
-    summary = _guard(body)
+    summary = _guard(body, interrupted="interrupted: nothing was written (plan never writes)")
     if as_json:
-        out.print_json(json.dumps(summary, default=str))
+        print(json.dumps(summary, indent=2))  # plain JSON on stdout: numbers stay numbers
         return
-    table = Table(title=f"plan for {summary.get('cube', '')}", show_header=False)
-    for k, v in summary.items():
-        if k.endswith("bytes") and isinstance(v, (int, float)):
+    out.print(_plan_table(summary))
+
+
+def _plan_table(summary: dict) -> Table:
+    """The plan summary for people: the grid and the bins on one line each, bytes in KB/MB/GB."""
+    rows = dict(summary)
+    grid_keys = ("width", "height", "crs", "resolution", "chunk")
+    bin_keys = ("bins", "first_bin", "last_bin")
+    table = Table(title=f"plan for {rows.get('cube', '')}", show_header=False)
+    for k, v in rows.items():
+        if k in grid_keys[1:] or k in bin_keys[1:]:
+            continue
+        if k == "width":
+            k, v = "grid", (f"{rows['width']} x {rows['height']} px (width x height), {rows['crs']} at "
+                            f"{rows['resolution']:g}, chunk {rows['chunk']}")
+        elif k == "bins":
+            v = f"{rows['first_bin']} .. {rows['last_bin']} ({v})" if v else "none (all committed)"
+        elif k.endswith("bytes") and isinstance(v, (int, float)):
             v = _human_bytes(v)
         table.add_row(k.replace("_", " "), str(v))
-    out.print(table)
+    return table
 
 
 @app.command()
@@ -134,8 +175,11 @@ def _run_with_progress(s, *, workers, timeout, retries, max_tasks):  # noqa: ANN
         transient=False,
     )
     state: dict = {}
+    planning = err.status(f"{s.name}: planning (searching the catalog, checking the store) ...")
+    planning.start()
 
     def on_prepared(p: Prepared) -> None:
+        planning.stop()
         if p.record is None:
             err.print(f"{s.name}: every time bin of the spec is already committed; nothing to do")
             return
@@ -143,7 +187,9 @@ def _run_with_progress(s, *, workers, timeout, retries, max_tasks):  # noqa: ANN
         err.print(f"{s.name}: {verb} run {p.record.run_id}: {p.record.task_count} tasks "
                   f"({p.already_done} already done), {p.record.items_found} scenes, "
                   f"{len(p.record.bins)} time bins, {policy.workers} workers", highlight=False)
-        state["task"] = bar.add_task("tasks", total=len(p.todo), note="")
+        # Until the first task ends the bar would sit at 0 without a word: say what is happening.
+        starting = f"starting {min(policy.workers, len(p.todo))} worker(s); the first tasks read their scenes ..."
+        state["task"] = bar.add_task("tasks", total=len(p.todo), note=starting if p.todo else "")
         bar.start()
 
     def on_progress(p: Progress) -> None:
@@ -153,6 +199,7 @@ def _run_with_progress(s, *, workers, timeout, retries, max_tasks):  # noqa: ANN
     try:
         outcome = run_local(s, policy=policy, max_tasks=max_tasks, progress=on_progress, on_prepared=on_prepared)
     finally:
+        planning.stop()
         bar.stop()
     _summary(outcome)
     return outcome
@@ -191,15 +238,36 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where scenes, cube and preview go.")] = Path("demo-output"),
     earth_search: Annotated[bool, typer.Option("--earth-search", help="Use the real Earth Search catalog (needs internet).")] = False,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes [default: CPU count].")] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Only serve the demo scenes over STAC (until Ctrl-C), "
+                                        "for your own specs; builds nothing.")] = False,
 ) -> None:
     """Synthesize Sentinel-2 scenes, serve them over a real STAC API, build a cube and a PNG preview."""
     from .demo import run_demo
+
+    if serve:
+        _guard(lambda: _serve_demo_scenes(out_dir), interrupted="stopped the demo STAC server")
+        return
 
     def run_spec(s):  # noqa: ANN001, ANN202
         return _run_with_progress(s, workers=workers, timeout=90.0, retries=5, max_tasks=200_000)
 
     code = _guard(lambda: run_demo(out_dir, earth_search=earth_search, workers=workers, console=err, run=run_spec))
     raise typer.Exit(code)
+
+
+def _serve_demo_scenes(out_dir: Path) -> None:
+    """Serve the demo's scene set (synthesized into OUT/scenes if absent) until interrupted."""
+    import time
+
+    from .demo.runner import _scene_set
+    from .demo.stac_server import serve_scene_set
+
+    scene_set = _scene_set(Path(out_dir).resolve() / "scenes", err)
+    with serve_scene_set(scene_set) as url:
+        out.print(f"STAC API at {url} (collection {scene_set.collection['id']}, {len(scene_set.items)} scenes); "
+                  f"use it as `stac_api:` in a spec. Ctrl-C stops it.", highlight=False, soft_wrap=True)
+        while True:
+            time.sleep(3600)
 
 
 @app.command()

@@ -609,15 +609,21 @@ def _pair_bytes(
 
 
 def plan_summary(plan: Plan) -> dict[str, Any]:
-    """A flat, JSON-friendly summary of a plan (what ``cubeless plan`` prints)."""
+    """A flat, JSON-friendly summary of a plan (what ``cubeless plan`` prints): numbers stay numbers."""
     tb = np.asarray(plan.task_bytes, dtype=np.float64)
     s = plan.spec
     return {
         "cube": s.name,
         "run_id": plan.run_id,
         "store": s.store,
-        "grid": f"{plan.grid.height} x {plan.grid.width} px, {s.crs} at {s.resolution:g}, chunk {s.chunk}",
-        "bins": f"{plan.bins[0].label} .. {plan.bins[-1].label} ({len(plan.bins)})" if plan.bins else "none (all committed)",
+        "width": plan.grid.width,  #: pixels
+        "height": plan.grid.height,
+        "crs": s.crs,
+        "resolution": s.resolution,
+        "chunk": s.chunk,
+        "bins": len(plan.bins),  #: bins this run fills (0: every bin is committed)
+        "first_bin": plan.bins[0].label if plan.bins else None,
+        "last_bin": plan.bins[-1].label if plan.bins else None,
         "first_time_index": plan.t0,
         "tiles_total": plan.tiles_total,
         "tiles_on_land": len(plan.tiles),
