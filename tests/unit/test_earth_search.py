@@ -110,3 +110,51 @@ def test_fields_and_cloud_query(url: str) -> None:
     want = [x["id"] for x in a if x["properties"]["eo:cloud_cover"] <= 20]
     assert [x["id"] for x in kept] == want and 0 < len(want) < len(a)
     assert any(isinstance(x["properties"]["eo:cloud_cover"], int) for x in a) or len(a) < 30
+
+
+# -- cubeless.search against it ---------------------------------------------------------------
+def spec_at(url: str, **kw):  # type: ignore[no-untyped-def]
+    from cubeless.spec import parse_spec
+
+    doc = {"name": "es", "bbox": [-52.0, -12.0, -48.0, -8.0], "start": "2024-01-01", "end": "2024-06-30",
+           "store": "/tmp/es.zarr", "stac_api": url, "collection": COLLECTION, "resolution": 0.00027, "chunk": 1200}
+    doc.update(kw)
+    return parse_spec(doc)
+
+
+def matched(url: str, spec) -> int:  # type: ignore[no-untyped-def]
+    from cubeless.search import bins_datetime
+    from cubeless.timebins import time_bins
+
+    body = {"collections": [COLLECTION], "bbox": list(spec.bbox), "limit": 1,
+            "datetime": bins_datetime(time_bins(spec.start, spec.end, spec.interval))}
+    return int(json.loads(post(url, body)[1])["numberMatched"])
+
+
+def test_search_halves_a_page_over_6_mb_and_continues(url: str) -> None:
+    from cubeless.search import SearchOptions, SearchStats, search_items
+
+    spec = spec_at(url)
+    stats = SearchStats()
+    # Full items (no fields), a first page of 1,000 (~17 MB): 502, then 500 (~8.8 MB): 502, then 250.
+    opts = SearchOptions(use_fields=False, item_bytes=1, page_bytes=10**9, partition_pages=10**6)
+    items = search_items(spec, options=opts, stats=stats)
+    assert stats.halvings >= 2 and not stats.fields and stats.partitions == 1
+    assert len(items) == len({i["id"] for i in items}) == matched(url, spec) > 500
+    assert set(items[0]["assets"]) == {"red", "green", "blue", "scl"}  # reduced to the minimal form per page
+
+
+def test_partitioned_search_with_fields_finds_each_item_once(url: str) -> None:
+    from cubeless.search import SearchOptions, SearchStats, search_items
+
+    spec = spec_at(url)
+    whole, parted = SearchStats(), SearchStats()
+    a = search_items(spec, options=SearchOptions(use_fields=False, partition_pages=10**6), stats=whole)
+    b = search_items(spec, options=SearchOptions(partition_pages=1, concurrency=4), stats=parted)
+    assert parted.fields and parted.partitions == 6 and parted.partitions_done == 6  # one per monthly bin
+    assert len(b) == len({i["id"] for i in b})
+    assert {i["id"] for i in a} == {i["id"] for i in b}
+    assert parted.bytes_per_item * 3 < whole.bytes_per_item  # fields: a fraction of the bytes
+    # the reduced items are the same whether or not fields were used
+    by_id = {i["id"]: i for i in a}
+    assert all(by_id[i["id"]] == i for i in b[:50])
