@@ -135,3 +135,81 @@ def enqueue(template: Any, n: int = 2000, reps: int = 3) -> dict[str, Any]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# ------------------------------------------------------------------------------------------------
+# Brazil-year plan against the synthetic Earth Search (cubeless.demo.earth_search)
+# ------------------------------------------------------------------------------------------------
+BRAZIL_YEAR = {"name": "brazil", "bbox": [-74.0, -34.0, -34.7, 5.3], "start": "2024-01-01", "end": "2024-12-31",
+               "interval": "month", "collection": "sentinel-2-c1-l2a", "resolution": RESOLUTION, "chunk": CHUNK}
+GOAL_PLAN_S = 120.0
+GOAL_PLAN_MB = 1536.0
+
+
+def _child(mode: str, url: str, store: str, *args: str) -> dict[str, Any]:
+    """In a fresh process: ``plan`` (plan + task list written) or ``search`` (search only)."""
+    import resource
+
+    from cubeless.search import SearchOptions, SearchStats, search_items
+    from cubeless.spec import parse_spec
+
+    doc = {**BRAZIL_YEAR, "stac_api": url, "store": store}
+    if mode == "search" and args:
+        doc.update(start=args[1], end=args[2])
+    spec = parse_spec(doc)
+    stats = SearchStats()
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    if mode == "plan":
+        from cubeless.plan import make_plan
+        from cubeless.state import RunState
+
+        plan = make_plan(spec, search=lambda *a, **k: search_items(*a, **k, stats=stats))
+        out["plan_s"] = time.perf_counter() - t0
+        state = RunState(spec.store, plan.run_id)
+        state.write_tasks(plan.tasks)
+        out.update(tasks=len(plan.tasks), items_used=len(plan.items), stages=plan.seconds)
+        import os
+
+        out["task_list_bytes"] = os.path.getsize(state.tasks_uri.removeprefix("file://"))
+    else:
+        fields = args[0] == "fields" if args else True
+        items = search_items(spec, options=SearchOptions(use_fields=fields), stats=stats)
+        out["items"] = len(items)
+    out.update(seconds=time.perf_counter() - t0, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               pages=stats.pages, items_received=stats.items, items_per_s=stats.items_per_s,
+               bytes_per_item=stats.bytes_per_item, halvings=stats.halvings, partitions=stats.partitions,
+               fields=stats.fields, search_s=stats.seconds)
+    return out
+
+
+def _run_child(*args: str) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "bench.planner", *args], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench.planner {args[0]} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def brazil_year(tmp: str) -> dict[str, Any] | None:
+    """The Brazil-year plan (search + assignment + task list) in its own process, and the search
+    of one month with and without ``fields``; None when ../shared/real-items is absent."""
+    from cubeless.demo.earth_search import real_items_dir, serve_earth_search
+
+    if real_items_dir() is None:
+        return None
+    with serve_earth_search() as url:
+        plan = _run_child("plan", url, f"{tmp}/brazil-plan.zarr")
+        month = {f: _run_child("search", url, f"{tmp}/brazil-s.zarr", f, "2024-03-01", "2024-03-31")
+                 for f in ("fields", "full")}
+    return {"plan": plan, "month": month}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(_child(*sys.argv[1:]), default=str))
