@@ -63,6 +63,8 @@ ITEM_PROPERTIES = (
     "raster:bands",
     "s2:processing_baseline",
     "earthsearch:boa_offset_applied",
+    "grid:code",
+    "s2:mgrs_tile",
 )
 #: Asset fields kept (besides every ``proj:*`` and ``raster:*``). ``bands``, ``nodata`` and
 #: ``data_type`` are their STAC 1.1 forms.
@@ -114,6 +116,7 @@ def minimal_item(item: Mapping[str, Any], assets: Sequence[str]) -> dict[str, An
     props_in = item.get("properties") or {}
     props = {k: v for k, v in props_in.items() if k in _PROPS_KEPT or (k[:5] == "proj:" and k != "proj:centroid")}
     _trim_bands(props)
+    pixels_shifted = _boa_offset_applied(item, props_in)
     out_assets: dict[str, Any] = {}
     for key in assets:
         a = have[key]
@@ -124,6 +127,8 @@ def minimal_item(item: Mapping[str, Any], assets: Sequence[str]) -> dict[str, An
         if "type" in kept:  # a media type decides what the asset is; roles only repeat it
             kept.pop("roles", None)
         _trim_bands(kept)
+        if pixels_shifted:
+            _zero_offsets(kept)
         out_assets[key] = kept
     out: dict[str, Any] = {
         "type": "Feature",
@@ -139,6 +144,59 @@ def minimal_item(item: Mapping[str, Any], assets: Sequence[str]) -> dict[str, An
     if "collection" in item:
         out["collection"] = item["collection"]
     return out
+
+
+#: The processing baseline from which ESA's L2A DN carry the +1000 BOA offset (2022-01-25).
+BOA_OFFSET_BASELINE = "04.00"
+
+
+def _boa_offset_applied(item: Mapping[str, Any], props: Mapping[str, Any]) -> bool:
+    """Whether the item's pixels already had ESA's BOA offset removed (``earthsearch:boa_offset_applied``).
+
+    One DN convention per cube: every minimal item's ``raster:bands`` offset is the offset its
+    pixels really need, so that DN x scale + offset is surface reflectance for every item. In
+    ``sentinel-2-c1-l2a`` (no flag) the metadata is right. In the older ``sentinel-2-l2a``, items
+    of baseline >= 04.00 say ``offset: -0.1`` even when Element 84 already shifted the pixels; the
+    flag is the truth (Element84/earth-search#9), so their offset becomes 0. Such an item without
+    the flag cannot be read right: :class:`PlanError` names the fix.
+    """
+    flag = props.get("earthsearch:boa_offset_applied")
+    if flag is None:
+        baseline = str(props.get("s2:processing_baseline") or "")
+        if item.get("collection") == "sentinel-2-l2a" and baseline >= BOA_OFFSET_BASELINE:
+            raise PlanError(
+                f"item {item.get('id')} (sentinel-2-l2a, processing baseline {baseline}) does not say whether its "
+                "BOA offset was applied (no earthsearch:boa_offset_applied), so its reflectance is unknown; "
+                "use `collection: sentinel-2-c1-l2a`"
+            )
+        return False
+    return bool(flag)
+
+
+def _zero_offsets(asset: dict[str, Any]) -> None:
+    """Offset 0 in an asset's ``raster:bands`` (and STAC 1.1 ``bands``) entries that state one (in place)."""
+    for key, field_ in (("raster:bands", "offset"), ("bands", "raster:offset")):
+        bands = asset.get(key)
+        if isinstance(bands, list):
+            asset[key] = [{**b, field_: 0} if isinstance(b, dict) and b.get(field_) else b for b in bands]
+    if asset.get("raster:offset"):
+        asset["raster:offset"] = 0
+
+
+def acquisition_key(item: Mapping[str, Any]) -> tuple[str, str, int, int] | None:
+    """(tile, datetime, footprint centre in 0.1 degrees) of an item, the same for two items of one
+    acquisition; None without a tile code or bbox. (The centre guards against catalogs that reuse a
+    tile code for other places.)"""
+    p = item.get("properties") or {}
+    tile = p.get("grid:code") or p.get("s2:mgrs_tile")
+    if not tile and p.get("mgrs:utm_zone") is not None:
+        tile = f"{p.get('mgrs:utm_zone')}{p.get('mgrs:latitude_band', '')}{p.get('mgrs:grid_square', '')}"
+    when = p.get("datetime")
+    b = item.get("bbox")
+    if not (tile and when and isinstance(b, (list, tuple)) and len(b) >= 4):
+        return None
+    half = len(b) // 2
+    return str(tile), str(when), round((b[0] + b[half]) * 5), round((b[1] + b[half + 1]) * 5)
 
 
 def _trim_bands(d: dict[str, Any]) -> None:
@@ -485,8 +543,18 @@ def _assign(
     placed.sort(key=lambda p: (p[0], p[1]))
     unique: list[tuple[int, Mapping[str, Any]]] = []
     seen: set[str] = set()
+    # Duplicate acquisitions (one tile and datetime in several items, e.g. reprocessed) count once:
+    # the one of the latest processing baseline (then the greatest id) is kept.
+    best: dict[tuple[str, str, int, int], tuple[tuple[str, str], str]] = {}
+    for _, iid, _, item in placed:
+        k = acquisition_key(item)
+        if k is not None:
+            rank = (str((item.get("properties") or {}).get("s2:processing_baseline") or ""), iid)
+            if k not in best or rank > best[k][0]:
+                best[k] = (rank, iid)
     for _, iid, b, item in placed:
-        if iid not in seen:
+        k = acquisition_key(item)
+        if iid not in seen and (k is None or best[k][1] == iid):
             seen.add(iid)
             unique.append((b, item))
     shapes = footprints([item for _, item in unique])

@@ -187,6 +187,7 @@ def test_items_in_a_task_are_ordered_by_datetime_then_id():
     g = SMALL
     items = [s2_item(i, g, d) for i, d in [("b", "2020-01-05T10:00:00Z"), ("a", "2020-01-05T10:00:00Z"),
                                            ("c", "2020-01-02T10:00:00Z")]]
+    items[1]["properties"]["grid:code"] = "MGRS-18TXQ"  # same time, another tile (one tile: a duplicate)
     plan = make_plan(spec, search=searcher(items))
     (task,) = [t for t in plan.tasks if t.items]
     assert [i["id"] for i in task.items] == ["c", "a", "b"]
