@@ -39,7 +39,7 @@ from .errors import PlanError
 from .grid import cube_geobox, grid_of, spec_region
 from .land import TileSelection, select_tiles
 from .models import Grid, RunRecord, Task, Tile, run_id_for
-from .search import bins_datetime, cloud_ok, search_items
+from .search import SearchStats, bins_datetime, cloud_ok, search_items
 from .spec import CubeSpec
 from .timebins import TimeBin, bin_start, next_start, time_bins
 
@@ -90,6 +90,8 @@ EXTENSION_KEYS = ("/eo/", "/projection/", "/raster/", "/file/")
 #: Bytes per pixel assumed when items carry no ``file:size`` (uint16, uncompressed: an upper bound).
 BYTES_PER_PIXEL = 2
 METRES_PER_DEGREE = 111_320.0
+#: The planner Lambda's memory (infra settings ``planner_memory_mb``), for the search's cost.
+PLANNER_MEMORY_MB = 3008
 
 
 # ------------------------------------------------------------------------------------------------
@@ -432,6 +434,8 @@ class Plan:
     scenes: SceneStats
     items_found: int  #: items the search returned (before the cloud / bin filters)
     seconds: dict[str, float] = field(default_factory=dict)  #: land, search, assign, tasks
+    #: How the search went (pages, items/s, bytes/item, partitions, halved pages); empty for a custom search.
+    search_stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _asset_res(asset: Mapping[str, Any], item: Mapping[str, Any]) -> float:
@@ -493,11 +497,22 @@ def make_plan(
         )
 
     t = time.perf_counter()
-    found = search(spec, region, datetime=bins_datetime(bins), progress=progress)
+    stats = SearchStats()
+    extra: dict[str, Any] = {"stats": stats} if search is search_items else {}
+    found = search(spec, region, datetime=bins_datetime(bins), progress=progress, **extra)
     timings["search"] = time.perf_counter() - t
 
     with _gc_paused():
-        return _assign(spec, sel, tiles, bins, t0, grid, run_id, found, n_tasks, timings)
+        plan = _assign(spec, sel, tiles, bins, t0, grid, run_id, found, n_tasks, timings)
+    if not extra:
+        return plan
+    from dataclasses import replace
+
+    return replace(plan, search_stats={
+        "pages": stats.pages, "items": stats.items, "items_per_s": round(stats.items_per_s, 1),
+        "bytes_per_item": round(stats.bytes_per_item), "partitions": stats.partitions,
+        "halved_pages": stats.halvings, "fields": stats.fields,
+    })
 
 
 @contextmanager
@@ -706,22 +721,27 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
         "median_task_bytes": int(np.median(tb)) if tb.size else 0,
         "max_task_bytes": int(tb.max()) if tb.size else 0,
         "plan_seconds": round(sum(plan.seconds.values()), 3),
+        **{f"search_{k}": v for k, v in plan.search_stats.items()},
         **_cost_summary(plan),
     }
 
 
 def _cost_summary(plan: Plan) -> dict[str, Any]:
     """Estimated Lambda + Step Functions cost of running the plan on AWS (arm64, default memory)."""
-    from .cost import DEFAULT_MEMORY_MB, estimate_cost, guess_task_seconds
+    from .cost import DEFAULT_MEMORY_MB, PRICES, estimate_cost, guess_task_seconds
 
     if not plan.tasks:
         return {}
     px = plan.spec.chunk * plan.spec.chunk
     seconds = guess_task_seconds(px, int(plan.scenes.median or 0), DEFAULT_MEMORY_MB)
     cost = estimate_cost(seconds, len(plan.tasks), DEFAULT_MEMORY_MB)
+    # The search runs in the planner Lambda: its seconds there, at the planner's memory.
+    planner_gb = PLANNER_MEMORY_MB / 1024
+    search_usd = plan.seconds.get("search", 0.0) * planner_gb * PRICES.lambda_gb_second["arm64"]
     return {
+        "estimated_search_usd": round(search_usd, 8),
         "estimated_task_seconds_on_lambda": round(seconds, 2),
-        "estimated_cost_usd": round(cost.total_usd, 4),
+        "estimated_cost_usd": round(cost.total_usd + search_usd, 4),
         "estimated_usd_per_1000_tasks": round(cost.usd_per_1000_tasks, 4),
     }
 

@@ -158,3 +158,13 @@ def test_partitioned_search_with_fields_finds_each_item_once(url: str) -> None:
     # the reduced items are the same whether or not fields were used
     by_id = {i["id"]: i for i in a}
     assert all(by_id[i["id"]] == i for i in b[:50])
+
+
+def test_plan_summary_reports_the_search(url: str) -> None:
+    from cubeless.plan import make_plan, plan_summary
+
+    spec = spec_at(url, bbox=[-50.0, -10.0, -49.0, -9.0], end="2024-02-28")
+    s = plan_summary(make_plan(spec))
+    assert s["search_pages"] >= 1 and s["search_fields"] is True and s["search_items"] >= s["scenes_used"] > 0
+    assert s["search_bytes_per_item"] < 8000 and s["estimated_search_usd"] > 0
+    assert s["estimated_cost_usd"] >= s["estimated_search_usd"]
