@@ -284,6 +284,20 @@ def preview(
 
 
 @app.command()
+def serve(
+    root: Annotated[str, typer.Argument(help="A cube, or a folder (or s3:// prefix) of cubes.")],
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Loopback port (0: any free one).")] = 8000,
+) -> None:
+    """Serve the web map, XYZ tiles, TileJSON and point queries of the cubes under ROOT on 127.0.0.1."""
+    from .serve import serve as run_server
+
+    def ready(url: str) -> None:
+        out.print(f"serving {escape(root)} at {url} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+
+    _guard(lambda: run_server(root, port, on_ready=ready))
+
+
+@app.command()
 def manifest(store: Annotated[str, typer.Argument(help="Cube store (path or s3:// URL).")]) -> None:
     """Print the cube's manifest (what is committed, and whether it is complete)."""
     from .commit import read_manifest

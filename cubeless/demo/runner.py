@@ -13,6 +13,7 @@ demo only chooses a spec.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -113,5 +114,7 @@ def run_demo(
                   f"{len(result.bins)} time steps equal the analytic truth of the synthetic scenes")
     _previews(store, out_dir, console)
     console.print(f"demo done in {time.perf_counter() - t0:.1f} s: open it with "
-                  f"xarray.open_zarr({store!r})")
+                  f"xarray.open_zarr({store!r}); see it on a map with:")
+    shown = os.path.relpath(store) if not os.path.relpath(store).startswith("..") else store
+    console.print(f"cubeless serve {shown}", highlight=False, soft_wrap=True)
     return 0
