@@ -287,7 +287,7 @@ def open_map_cube(store: str) -> MapCube:
     info = cube_info(store)
     if info is None:
         raise NotFound(f"{store} holds no cube; give the path of a cube (a *.zarr folder) or of a folder of cubes")
-    ds = open_cube(store)
+    ds = open_cube(store, raw=True)  # raw DNs, 0 = no data
     spatial = [d for d in ("y", "latitude", "lat") if d in ds.dims]
     ydim = spatial[0] if spatial else "y"
     xdim = {"y": "x", "latitude": "longitude", "lat": "lon"}[ydim]

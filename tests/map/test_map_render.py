@@ -13,12 +13,13 @@ from pyproj import Transformer
 from cubeless.store import open_cube
 from cubeless.tiles import MapError, TileQuery, open_map_cube
 
+pytestmark = pytest.mark.xdist_group("map")  # one worker builds the demo cube once
 TMS = morecantile.tms.get("WebMercatorQuad")
 
 
 def _cube_on_tile(store: str, var: str, t: int, tile: morecantile.Tile) -> np.ndarray:
     """The cube's values at every tile pixel centre (floor of the pixel's position in the cube grid)."""
-    ds = open_cube(store)
+    ds = open_cube(store, raw=True)
     grid = ds.attrs["cubeless"]["grid"]
     a, _, c, _, e, f = grid["transform"]
     b = TMS.xy_bounds(tile)
@@ -87,7 +88,7 @@ def test_point_is_the_cube_pixel_over_time(demo_cube: str) -> None:
     w, s, e, n = cube.lonlat_bounds()
     lon, lat = (w + e) / 2, (s + n) / 2
     p = cube.point(lon, lat)
-    ds = open_cube(demo_cube)
+    ds = open_cube(demo_cube, raw=True)
     a, _, c, _, e_, f = ds.attrs["cubeless"]["grid"]["transform"]
     row, col = int((lat - f) // e_), int((lon - c) // a)
     for var in ("red", "green", "blue", "count"):

@@ -14,6 +14,8 @@ from PIL import Image
 
 from cubeless.serve import make_server
 
+pytestmark = pytest.mark.xdist_group("map")  # one worker builds the demo cube once
+
 
 @pytest.fixture(scope="module")
 def base(demo_cube: str):
