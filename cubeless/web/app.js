@@ -2,7 +2,9 @@
 // Talks only to the server that served it (see cubeless/serve.py for the routes).
 "use strict";
 
-const state = { cube: null, info: null, time: 0, preset: null, point: null };
+// ?time=N&preset=P&cube=ID open the page on that view (links, and the browser tests).
+const params = new URLSearchParams(location.search);
+const state = { cube: null, info: null, time: Number(params.get("time") || 0), preset: params.get("preset"), point: null };
 const $ = (id) => document.getElementById(id);
 const COLORS = { red: "#d62728", green: "#2ca02c", blue: "#1f77b4", nir: "#9467bd", count: "#555555" };
 
@@ -171,7 +173,8 @@ const ready = (async () => {
   await new Promise((r) => (map.loaded() ? r() : map.once("load", r)));
   const listing = await getJSON("/api/cubes");
   renderCatalog(listing);
-  if (listing.cubes.length) await selectCube(listing.cubes[0].id);
+  const wanted = listing.cubes.find((c) => c.id === params.get("cube")) || listing.cubes[0];
+  if (wanted) await selectCube(wanted.id);
   await whenIdle();
   document.body.dataset.ready = "yes";
   return true;
