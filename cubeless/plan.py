@@ -41,7 +41,7 @@ from .land import TileSelection, select_tiles
 from .models import Grid, RunRecord, Task, Tile, run_id_for
 from .search import SearchStats, bins_datetime, cloud_ok, search_items
 from .spec import CubeSpec
-from .timebins import TimeBin, bin_start, next_start, time_bins
+from .timebins import TimeBin, bin_start, complete_bins, next_start, time_bins
 
 #: ``search(spec, region, *, datetime=..., progress=...) -> list[item dict]``
 SearchFn = Callable[..., list[dict[str, Any]]]
@@ -372,7 +372,10 @@ def _fill(spec: CubeSpec, committed: Sequence[TimeBin], origin: date | TimeBin |
             f"set `start` to {org} or later, or write a new `store`"
         )
     have = {b.start for b in done}
-    bins = [b for b in wanted if b.start not in have]
+    # Only complete bins are committed: a bin still in progress (or within its settling delay) would
+    # be committed short of scenes and never refilled.
+    ready = complete_bins(wanted, iv, datetime.now(timezone.utc).date(), spec.settle_days)
+    bins = [b for b in ready if b.start not in have]
     expected = done[-1].end if done else org
     if bins and bins[0].start > expected:
         missing = len(time_bins(expected, bins[0].start, iv)) - 1

@@ -88,6 +88,9 @@ class CubeSpec(Frozen):
     mask: MaskSpec = MaskSpec()
     resampling: Resampling = "bilinear"
     max_cloud_cover: float | None = Field(None, ge=0, le=100)
+    settle_days: int = Field(
+        3, ge=0, le=366, description="Days after a bin's end before it is complete and committed (late scenes)."
+    )
     store: str
 
     @field_validator("name")

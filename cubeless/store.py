@@ -58,7 +58,9 @@ TIME_BNDS = "time_bnds"
 #: The fill value of every band: no valid observation (valid DNs are 1..65535).
 BAND_FILL = 0
 #: Identity fields, in the order a mismatch is reported (the grid last: it follows from the others).
-IDENTITY_FIELDS = ("crs", "resolution", "chunk", "bands", "mask", "resampling", "collection", "interval", "grid")
+IDENTITY_FIELDS = (
+    "crs", "resolution", "chunk", "bands", "mask", "resampling", "collection", "interval", "max_cloud_cover", "grid"
+)
 #: Source scale/offset of collections we know, used when ensure_cube is given none.
 KNOWN_SCALE_OFFSET: dict[str, tuple[float, float]] = {
     # Earth Search "Collection 1" L2A: harmonized, every processing baseline has offset -0.1.
@@ -95,6 +97,7 @@ def identity(spec: CubeSpec, grid: Grid) -> dict[str, Any]:
         "resampling": spec.resampling,
         "collection": spec.collection,
         "interval": spec.interval,
+        "max_cloud_cover": spec.max_cloud_cover,  # which scenes enter the median: changes values
         "grid": grid.model_dump(mode="json"),
     }
     normal: dict[str, Any] = json.loads(json.dumps(doc))

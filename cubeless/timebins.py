@@ -57,3 +57,17 @@ def time_bins(start: date, end: date, interval: str) -> list[TimeBin]:
         out.append(TimeBin(start=s, end=n))
         s = n
     return out
+
+
+def last_complete_day(interval: str, today: date, settle_days: int = 0) -> date:
+    """Last day of the last bin complete on ``today``: its end is ``settle_days`` or more in the past.
+
+    A bin is complete once ``end + settle_days <= today`` (late scenes have had time to arrive).
+    """
+    return bin_start(today - timedelta(days=settle_days), interval) - timedelta(days=1)
+
+
+def complete_bins(bins: list[TimeBin], interval: str, today: date, settle_days: int = 0) -> list[TimeBin]:
+    """The bins of ``bins`` that are complete on ``today`` (see :func:`last_complete_day`)."""
+    last = last_complete_day(interval, today, settle_days)
+    return [b for b in bins if b.end <= last + timedelta(days=1)]

@@ -276,6 +276,21 @@ def test_overlapping_spec_extends_the_cube():
     assert bins_to_fill(spec, [month(1), month(2), month(3)], date(2020, 1, 1)) == [month(4), month(5)]
 
 
+def test_bins_not_yet_complete_are_not_planned():
+    # Issue 9: a spec ending in the future committed the current and future months as empty bins.
+    from datetime import timedelta
+
+    today = date.today()
+    start = (today.replace(day=1) - timedelta(days=70)).replace(day=1)
+    spec = make_spec(start=start.isoformat(), end=(today + timedelta(days=90)).isoformat(), settle_days=3)
+    bins = bins_to_fill(spec, [], start)
+    assert bins and all(b.end + timedelta(days=3) <= today for b in bins)
+    assert bins[-1].end > today - timedelta(days=40)  # the last complete month is still there
+    # Nothing complete yet: nothing to do (not an error, no empty bin committed).
+    future = make_spec(start=(today + timedelta(days=40)).isoformat(), end=(today + timedelta(days=90)).isoformat())
+    assert bins_to_fill(future, [], None) == []
+
+
 def test_interval_mismatch_is_refused():
     spec = make_spec(interval="week")
     with pytest.raises(PlanError, match="not weeks"):

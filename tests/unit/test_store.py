@@ -116,8 +116,8 @@ def test_ensure_cube_again_verifies_and_reports_committed_bins(tmp_path):
     assert not info.created and info.committed_bins == []
     assert (tmp_path / "c.zarr" / "zarr.json").read_bytes() == before  # verify only, no write
     S.publish_bins(spec.store, 2)
-    # A later spec (other dates, other catalog filters) extends the same cube.
-    spec2, _, grid2 = make(tmp_path, start="2020-03-01", end="2020-05-31", max_cloud_cover=50)
+    # A later spec (other dates, other run settings) extends the same cube; max_cloud_cover is identity (issue 9).
+    spec2, _, grid2 = make(tmp_path, start="2020-03-01", end="2020-05-31", settle_days=0)
     info = S.ensure_cube(spec2, grid2)
     assert [b.label for b in info.committed_bins] == ["2020-01-01", "2020-02-01"]
     assert info.origin == date(2020, 1, 1)
@@ -141,6 +141,7 @@ def test_cube_state_of_a_new_store(tmp_path):
         ({"interval": "week"}, "interval"),
         ({"mask": {"dilate": 2}}, "mask"),
         ({"collection": "sentinel-2-l2a"}, "collection"),
+        ({"max_cloud_cover": 20}, "max_cloud_cover"),  # issue 9: it changes which scenes enter the median
         ({"bbox": [10.0, 45.0, 10.1, 45.03]}, "grid"),
     ],
 )
