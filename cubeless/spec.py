@@ -273,6 +273,8 @@ def parse_spec(doc: Mapping[str, Any] | str | bytes) -> CubeSpec:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise SpecError(f"spec is not valid YAML or JSON{where}; fix the syntax") from None
+        except ValueError as exc:  # YAML dates are parsed by the loader: `end: 2024-13-01`
+            raise SpecError(f"spec holds an invalid date ({exc}); give dates as YYYY-MM-DD") from None
     if doc is None:
         raise SpecError("spec is empty; write a YAML or JSON object with name, bbox, start, end and store")
     if not isinstance(doc, Mapping):

@@ -85,6 +85,7 @@ CASES = [
     Case("bbox-not-a-list", "validate", _set(bbox="6,46,7,47"), "spec field `bbox`"),
     Case("start-after-end", "validate", _set(start="2024-06-01", end="2024-05-01"), "is after end"),
     Case("impossible-date", "validate", _set(end="2024-02-30"), "spec field `end`"),
+    Case("month-13-in-yaml", "validate", _raw("name: x\nbbox: [6.0, 46.3, 6.1, 46.4]\nstart: 2024-01-01\nend: 2024-13-01\nstore: x.zarr\n"), "invalid date (month must be in 1..12); give dates as YYYY-MM-DD"),
     Case("bands-empty", "validate", _set(bands=[]), "e.g. [red, green, blue]"),
     Case("band-unknown", "plan", _set(bands=["red", "nir09"]), "band 'nir09' not in collection assets [blue, green, red, scl]"),
     Case("band-unknown-run", "run", _set(bands=["red", "nir09"]), "fix `bands`"),
