@@ -10,12 +10,20 @@ takes one of two paths:
   target pixels (``out_shape``); nearest is plain indexing of the decoded window. No warper, no
   per-pixel coordinate transform. Measured on the benchmark task it is ~4x cheaper per read than
   the warper (decoding the COG tiles is then the larger part of a read);
-* **warped** (another CRS, e.g. EPSG:4326 cubes or a neighbouring UTM zone): exactly what
-  odc-stac does: ``odc.geo``'s ``compute_reproject_roi``, the same overview choice, then
-  ``rasterio.warp.reproject`` of the needed window.
+* **warped** (another CRS, e.g. EPSG:4326 cubes or a neighbouring UTM zone): as odc-stac does,
+  ``odc.geo``'s ``compute_reproject_roi`` for the overlap, then ``rasterio.warp.reproject`` of it,
+  but with three changes that make a pixel's value independent of the tile (chunk size) it is
+  computed in: GDAL's exact transformer (``tolerance=0``; the default linear approximation is
+  fitted per warp chunk), the kernel's scale fixed (``XSCALE``/``YSCALE``; GDAL otherwise derives
+  it from each chunk's source window) and the overview chosen from the scale at the source's
+  centre rather than at the centre of each tile's overlap.
+
+Tile independence: a cube's values do not depend on its chunk size (tests/unit/test_chunk_size.py):
+nearest reads index source pixels from the cube grid's origin and the pixel's index in the grid
+(never from the tile's own origin), and every choice above is made per asset, not per tile.
 
 Overviews: the read shrink factor is computed as odc-stac does (``scale`` of target pixels in
-source pixels, snapped down to an integer) and the largest overview whose factor does not exceed
+source pixels, snapped down to an integer; on the warped path measured at the source's centre) and the largest overview whose factor does not exceed
 it is read (e.g. the 2x one for 10 m -> 30 m: 2.25 decoded pixels per target pixel instead of 9).
 Overviews hold whatever the producer computed (usually averages), so the SCL class layer is read
 without them (``use_overviews=False``, nearest).
@@ -469,13 +477,17 @@ class _Meta:
 class _Target:
     """A target grid (tile or strip), with what every read of it needs precomputed."""
 
-    def __init__(self, gbox: Any) -> None:
+    def __init__(self, gbox: Any, origin: tuple[Any, int, int] | None = None) -> None:
         from rasterio.crs import CRS
 
         self.gbox = gbox
         self.shape: tuple[int, int] = gbox.shape.yx
         a = gbox.affine
         self.affine = a
+        #: (affine of the whole cube grid, first row, first column of this target in it): every
+        #: per-pixel computation starts from the grid's pixel index, so a pixel's value cannot
+        #: depend on which tile or strip it was read in.
+        self.grid_affine, self.row0, self.col0 = origin if origin is not None else (a, 0, 0)
         self.rectilinear = a.b == 0 and a.d == 0
         self.crs_str = str(gbox.crs)
         self.rio_crs = CRS.from_user_input(gbox.crs.to_wkt())
@@ -527,6 +539,35 @@ def _stac_overlaps(asset: Mapping[str, Any], item: Mapping[str, Any], target: _T
     return xs[0] < right and xs[1] > left and ys[0] < top and ys[1] > bottom
 
 
+#: Target pixels added around a warped read's overlap box (see :meth:`Reader._read_warped`).
+_WARP_PAD = 2
+
+
+def _warp_scales(meta: _Meta, target: _Target) -> tuple[float, float]:
+    """Target pixel size in source pixels along the target's x and y axes, at the source's centre.
+
+    Depends on the asset and the grid's CRS and pixel size only, so the overview read and the
+    kernel's reach are the same in every tile (odc-geo measures the scale at the centre of each
+    tile's overlap instead, which moves from tile to tile)."""
+    from pyproj import Transformer
+
+    t = meta.transform
+    h, w = meta.shape
+    xc, yc = t * (w / 2, h / 2)
+    fwd = Transformer.from_crs(meta.crs.to_wkt(), target.rio_crs.to_wkt(), always_xy=True)
+    X, Y = fwd.transform(xc, yc)
+    A = target.affine
+    bx, by = fwd.transform(np.array([X - A.a / 2, X + A.a / 2, X, X]), np.array([Y, Y, Y - A.e / 2, Y + A.e / 2]),
+                           direction="INVERSE")
+    inv = ~t
+    u, v = inv * (np.asarray(bx), np.asarray(by))
+    sx = float(math.hypot(u[1] - u[0], v[1] - v[0]))
+    sy = float(math.hypot(u[3] - u[2], v[3] - v[2]))
+    if not (math.isfinite(sx) and math.isfinite(sy) and sx > 0 and sy > 0):
+        raise ValueError(f"cannot relate the grid's pixels to the source's at its centre ({xc:.1f}, {yc:.1f})")
+    return sx, sy
+
+
 def _stac_nodata(asset: Mapping[str, Any]) -> float | None:
     """The nodata value ``raster:bands`` (or STAC 1.1 ``nodata``) gives an asset, if any."""
     rb = asset.get("raster:bands")
@@ -574,6 +615,7 @@ class Reader:
         self._lock = threading.Lock()
         self._handles: dict[tuple[str, str], Any] = {}
         self._meta: dict[str, _Meta] = {}
+        self._scales: dict[tuple[Any, ...], tuple[float, float]] = {}
 
     def __enter__(self) -> "Reader":
         return self
@@ -737,8 +779,11 @@ class Reader:
         su, sv = A.a / t.a, A.e / t.e
         u0, v0 = (A.c - t.c) / t.a, (A.f - t.f) / t.e
         if nearest:
-            uc = u0 + (np.arange(nx) + 0.5) * su
-            vc = v0 + (np.arange(ny) + 0.5) * sv
+            # Pixel centres from the cube grid's origin and the pixel's index in the grid.
+            G = target.grid_affine
+            gu0, gv0 = (G.c - t.c) / t.a, (G.f - t.f) / t.e
+            uc = gu0 + (target.col0 + np.arange(nx) + 0.5) * su
+            vc = gv0 + (target.row0 + np.arange(ny) + 0.5) * sv
             okx = np.flatnonzero((uc >= 0) & (uc < W))
             oky = np.flatnonzero((vc >= 0) & (vc < H))
             if not okx.size or not oky.size:
@@ -803,25 +848,42 @@ class Reader:
         src_gbox = GeoBox(meta.shape, meta.transform, meta.crs.to_wkt())
         ttol = 0.9 if resampling == "nearest" else 0.05
         rr = compute_reproject_roi(src_gbox, target.gbox, ttol=ttol)
-        roi_dst = rr.roi_dst
-        ys, xs = roi_dst
+        ys, xs = rr.roi_dst
         if ys.stop <= ys.start or xs.stop <= xs.start:
             return None
         sy, sx = rr.roi_src
         if sy.stop <= sy.start or sx.stop <= sx.start:
             return None
-        idx = None
-        if use_overviews and rr.read_shrink > 1:
-            idx = _pick_overview(rr.read_shrink, meta.overviews)
+        ny, nx = target.shape
+        if rr.paste_ok and rr.read_shrink == 1:
+            # The target is a pixel-aligned window of the source: a plain copy.
+            idx, scales = None, None
+        else:
+            # Overview and kernel scale from the asset and the grid's pixel size only, never from
+            # the tile: the same for every tile and strip (see _warp_scales).
+            scales = self._warp_scales(href, meta, target)
+            idx = None
+            if use_overviews:
+                shrink = _pick_read_scale(min(scales))
+                idx = _pick_overview(shrink, meta.overviews) if shrink > 1 else None
+            # The dst region: the overlap with a margin, so that which target pixels the source
+            # covers is GDAL's per-pixel decision, not the rounding of a per-tile bounding box.
+            pad = _WARP_PAD
+            ys, xs = slice(max(0, ys.start - pad), min(ny, ys.stop + pad)), slice(max(0, xs.start - pad), min(nx, xs.stop + pad))
+        roi_dst = (ys, xs)
         h = self._open(href, "base" if idx is None else str(idx))
         factor = 1 if idx is None else meta.overviews[idx]
         level_name = "full" if idx is None else f"1/{factor}"
         out = dst[roi_dst] if dst is not None else np.zeros((ys.stop - ys.start, xs.stop - xs.start), dtype)
-        if rr.paste_ok and rr.read_shrink == 1:
+        if scales is None:
             from rasterio.windows import Window
 
             h.read(1, window=Window(sx.start, sy.start, sx.stop - sx.start, sy.stop - sy.start), out=out)
         else:
+            # tolerance=0: GDAL's exact transformer (its default linear approximation is fitted
+            # per warp chunk, so it moved sample points by up to 1/8 pixel from tile to tile);
+            # XSCALE/YSCALE: the kernel's scale fixed (GDAL otherwise derives it from the chunk's
+            # source window, which differs between a full tile and a 5-pixel-wide edge tile).
             rasterio.warp.reproject(
                 rasterio.band(h, 1),
                 out,
@@ -830,12 +892,24 @@ class Reader:
                 dst_transform=target.gbox[roi_dst].transform,
                 dst_nodata=0,
                 resampling=Resampling[resampling],
+                tolerance=0.0,
+                XSCALE=repr(factor / scales[0]),
+                YSCALE=repr(factor / scales[1]),
             )
         c0, c1 = sx.start // factor, -(-sx.stop // factor)
         r0, r1 = sy.start // factor, -(-sy.stop // factor)
         _count(reads=1, warped=1, level=level_name, window_pixels=(c1 - c0) * (r1 - r0),
                block_pixels=_blocks_touched(c0, r0, c1, r1, h.block_shapes[0]), target_pixels=out.size)
         return roi_dst, out
+
+    def _warp_scales(self, href: str, meta: _Meta, target: _Target) -> tuple[float, float]:
+        """(x, y): the length of one target pixel step along each target axis, in full-resolution
+        source pixels, measured at the centre of the source raster (cached per href and grid)."""
+        key = (href, target.crs_str, target.affine.a, target.affine.e)
+        got = self._scales.get(key)
+        if got is None:
+            got = self._scales[key] = _warp_scales(meta, target)
+        return got
 
     # -- a stack ------------------------------------------------------------------------------------
     def submit(
@@ -848,13 +922,14 @@ class Reader:
         dtype: Any,
         use_overviews: bool = True,
         target: _Target | None = None,
+        origin: tuple[Any, int, int] | None = None,
     ) -> "PendingStack":
         """Start reading asset ``key`` of every observation onto ``gbox``; returns a handle whose
         :meth:`PendingStack.result` is the (t, y, x) stack (0 = nodata)."""
         if resampling not in _RESAMPLING:
             raise ValueError(f"unknown resampling {resampling!r}; use one of {', '.join(_RESAMPLING)}")
         dt = np.dtype(dtype)
-        tgt = target if target is not None and target.gbox is gbox else _Target(gbox)
+        tgt = target if target is not None and target.gbox is gbox else _Target(gbox, origin)
         ny, nx = tgt.shape
         out = np.zeros((len(observations), ny, nx), dt)
         jobs: list[tuple[int, int, Future]] = []

@@ -190,7 +190,8 @@ def compose(
         return _empty(task, seconds={"load": 0.0, "mask": 0.0, "median": 0.0, "total": 0.0})
 
     scale_offset = _scale_offsets(task.items, spec.bands)
-    gbox = tile_geobox(geobox_of(task.grid), task.tile)
+    grid_box = geobox_of(task.grid)
+    gbox = tile_geobox(grid_box, task.tile)
     if gbox.shape.yx != (task.tile.ny, task.tile.nx):  # pragma: no cover - guarded by the grid module
         raise TaskError(f"tile {task.task_id} is outside the grid {task.grid.height}x{task.grid.width}")
 
@@ -227,6 +228,7 @@ def compose(
                 scl = reader.read(
                     observations, scl_band, gbox[h0:h1, :],
                     resampling="nearest", dtype="uint8", use_overviews=False,
+                    origin=(grid_box.affine, task.tile.y0 + h0, task.tile.x0),
                 )
                 seconds["load"] += time.perf_counter() - t0
 
@@ -248,7 +250,8 @@ def compose(
                 strip = gbox[y0:y1, :]
                 t0 = time.perf_counter()
                 pending = [
-                    reader.submit(subset, b, strip, resampling=spec.resampling, dtype="uint16")
+                    reader.submit(subset, b, strip, resampling=spec.resampling, dtype="uint16",
+                                  origin=(grid_box.affine, task.tile.y0 + y0, task.tile.x0))
                     for b in spec.bands
                 ]
                 for b, p in zip(spec.bands, pending):
