@@ -106,11 +106,13 @@ def test_ctrl_c_stops_cleanly_and_resumes(
     args = ("run", str(spec), "--local", "--workers", "1")
     first = cli_popen(*args, env=env)
     try:
-        wait_for(lambda: len(markers(store, "done")) >= 2, 300, "two tasks to be done")
+        # Interrupt as soon as the first task is done: the other 5 (seconds each) leave a wide window,
+        # so a loaded machine cannot let the run finish before the signal arrives.
+        wait_for(lambda: len(markers(store, "done")) >= 1, 300, "a task to be done")
     finally:
         os.killpg(first.pid, signal.SIGINT)
         out, err = first.communicate(timeout=60)
-    assert first.returncode == 130, err[-3000:]
+    assert first.returncode == 130, f"exit {first.returncode} after {len(markers(store, 'done'))} done tasks: {err[-3000:]}"
     assert "Traceback" not in err + out and "Warning" not in err, err[-3000:]
     assert err.rstrip().splitlines()[-1] == "interrupted: run the same command again to resume where it stopped"
     k = len(markers(store, "done"))
