@@ -597,6 +597,25 @@ def _href_for_gdal(href: str) -> str:
     return href
 
 
+class ReadError(OSError):
+    """Reading an asset failed; the message names the href and GDAL's own error."""
+
+
+def gdal_message(exc: BaseException) -> str:
+    """GDAL's error behind a rasterio exception: rasterio's "Read failed. See previous exception
+    for details." chains the CPLE_* error that says what happened (404, bad TIFF, timeout)."""
+    msgs: list[str] = []
+    e: BaseException | None = exc
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = " ".join(str(e).split())
+        if text and "See previous exception" not in text and text not in msgs:
+            msgs.append(text)
+        e = e.__cause__ or e.__context__
+    return "; ".join(reversed(msgs)) or type(exc).__name__
+
+
 class Reader:
     """Reads assets of observations onto target grids with a thread pool (see the module doc).
 
@@ -695,6 +714,12 @@ class Reader:
         try:
             with _env():
                 return self._read_href(href, asset, target, resampling, dtype, use_overviews, dst)
+        except Exception as exc:
+            from rasterio.errors import RasterioError
+
+            if isinstance(exc, RasterioError):
+                raise ReadError(f"reading {href} failed: {gdal_message(exc)}") from exc
+            raise
         finally:
             if not self.keep_open:
                 self._release(href)

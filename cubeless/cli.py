@@ -42,12 +42,20 @@ def _guard(fn: Callable[[], T], *, interrupted: str = RESUME) -> T:
 
     Ctrl-C prints ``interrupted`` (what the interruption left behind) and exits 130.
     """
+    from .fs import storage_problem
+
     try:
         return fn()
     except UserError as exc:
         # escape: messages quote user input and lists in brackets ("[west, south, east, north]"),
         # which rich would otherwise take for markup tags and silently drop.
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001 - S3 without credentials/endpoint/region is bad input too
+        line = storage_problem(exc)
+        if line is None:
+            raise
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print(interrupted, highlight=False, soft_wrap=True)
@@ -96,12 +104,14 @@ def plan(
     max_tasks: Annotated[int, typer.Option(help="Refuse plans with more tasks than this.")] = 200_000,
 ) -> None:
     """Plan a run: tiles, tasks, scenes found, bytes to read and estimated cost. Writes nothing."""
+    from .fs import check_writable
     from .plan import make_plan, plan_summary
     from .spec import load_spec
     from .store import cube_state
 
     def body() -> dict:
         s = load_spec(spec)
+        check_writable(s.store)  # what `run` would refuse, plan says too
         committed, origin = cube_state(s)
         with err.status("searching the catalog ..."):
             p = make_plan(s, committed=committed, origin=origin, max_tasks=max_tasks)
@@ -150,7 +160,10 @@ def run(
         err.print("[bold red]error:[/] `cubeless run` builds on this machine: add --local, "
                   "or start an AWS run with `cubeless start SPEC`", soft_wrap=True)
         raise typer.Exit(2)
+    from .fs import check_writable
+
     s = _guard(lambda: load_spec(spec))
+    _guard(lambda: check_writable(s.store))
     outcome = _guard(lambda: _run_with_progress(s, workers=workers, timeout=timeout, retries=retries,
                                                 max_tasks=max_tasks))
     raise typer.Exit(0 if outcome.complete else 1)

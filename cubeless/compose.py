@@ -266,9 +266,10 @@ def compose(
                         count[y0:y1] = cnt
                     seconds["median"] += time.perf_counter() - t1
                 del valid, pending
+    except _load.ReadError as exc:  # names the href and GDAL's error
+        raise TaskError(f"task {task.task_id}: {exc}") from exc
     except rasterio.errors.RasterioError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TaskError(f"reading scenes of task {task.task_id} failed: {first}") from exc
+        raise TaskError(f"reading scenes of task {task.task_id} failed: {_load.gdal_message(exc)}") from exc
 
     net = _load.read_net_stats()
     npairs = nobs * ny * nx

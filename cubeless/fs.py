@@ -147,3 +147,110 @@ def zarr_store(url: str, *, read_only: bool = False) -> "Store":
     if not is_remote(url):
         return LocalStore(local_path(url), read_only=read_only)
     return FsspecStore.from_url(url, read_only=read_only)
+
+
+# -- can the store be used at all? ------------------------------------------------------------------
+#: botocore/aiohttp failures that mean "no usable credentials or endpoint", by class name (the
+#: compute path never imports boto3; matching names also covers aiobotocore's copies).
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
+_NO_ENDPOINT = {
+    "EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError",
+    "ClientConnectorDNSError", "ServerDisconnectedError", "gaierror",
+}
+
+
+def _names(exc: BaseException) -> set[str]:
+    """Class names of an exception and of everything in its cause/context chain."""
+    out: set[str] = set()
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        out.update(c.__name__ for c in type(e).__mro__)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def storage_problem(exc: BaseException, url: str | None = None) -> str | None:
+    """One line naming what is wrong with an object store location (``url``, when known) and the
+    fix, when ``exc`` is a missing-credentials, unreachable-endpoint or access-denied failure of
+    botocore/s3fs (None for anything else)."""
+    names = _names(exc)
+    if not names & ({"BotoCoreError", "ClientError", "ClientConnectionError"} | _NO_CREDENTIALS | _NO_ENDPOINT):
+        if not (url and isinstance(exc, PermissionError)):
+            return None
+    what = f"store {url}: " if url else ""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if names & _NO_CREDENTIALS:
+        return (f"{what}no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY)" + (", or use a local store path" if url else ""))
+    if names & _NO_ENDPOINT:
+        where = f"endpoint {endpoint}" if endpoint else "the AWS endpoint"
+        return (f"{what}{where} is unreachable ({type(exc).__name__}); check the network and "
+                "AWS_ENDPOINT_URL" + (", or use a local store path" if url else ""))
+    if "NoRegionError" in names:
+        return f"{what}no AWS region configured; set AWS_DEFAULT_REGION (or AWS_REGION), e.g. AWS_DEFAULT_REGION=us-west-2"
+    if isinstance(exc, PermissionError) or names & {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        return f"{what}access denied ({' '.join(str(exc).split())[:200]}); check the AWS credentials and the bucket policy"
+    return None
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _check_bucket(url: str) -> None:
+    """One HEAD of the store's bucket with at most two attempts and a 5 s connect timeout, so no
+    credentials, an unreachable or unresolvable endpoint and a missing bucket are reported in a
+    second or two instead of after s3fs's and botocore's retries (~25 s). An access denied here is
+    let through: credentials limited to a prefix may not HEAD the bucket, yet write the store."""
+    from fsspec.core import url_to_fs
+
+    from .errors import UserError
+
+    fsys, path = url_to_fs(url, skip_instance_cache=True,
+                           config_kwargs={"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5})
+    fsys.retries = 1  # s3fs's own retry loop, on top of botocore's
+    bucket = path.split("/", 1)[0]
+    if not hasattr(fsys, "call_s3"):  # another object store: its first real operation decides
+        return
+    try:
+        fsys.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise UserError(f"store {url}: bucket {bucket!r} does not exist; create it or check the bucket name") from None
+    except PermissionError:
+        return
+    except Exception as exc:  # noqa: BLE001 - translated into one line, or re-raised
+        line = storage_problem(exc, url)
+        if line is None:
+            raise
+        raise UserError(line) from None
+
+
+def check_writable(url: str) -> None:
+    """Refuse (:class:`~cubeless.errors.UserError`, one line) a store that cannot be written:
+    a local path whose nearest existing folder refuses a new entry (read-only, ``/proc``, a file
+    in the way), or an object store without credentials, with an unreachable endpoint or a
+    missing bucket. Leaves nothing behind (a local probe folder is removed at once)."""
+    from .errors import UserError
+
+    if is_remote(url):
+        _check_bucket(url)
+        return
+    import tempfile
+
+    path = local_path(url)
+    base = _nearest_existing(path)
+    if not os.path.isdir(base):
+        what = "is a file" if base == path else f"lies under {base}, which is a file"
+        raise UserError(f"store {url} {what}; give a directory path or an s3:// URL for the cube")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cubeless-write-check-", dir=base))
+    except OSError as exc:
+        raise UserError(f"store {url} is not writable ({exc.strerror} in {base}); choose a path you can "
+                        "write to, or an s3:// URL") from None

@@ -12,6 +12,26 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import UserError
+
+
+class PreviewError(UserError):
+    """The preview cannot be made from this store (no cube, no such time step, a band missing)."""
+
+    __str__ = Exception.__str__  # not KeyError's quoted repr in the subclasses below
+
+
+class NoSuchTime(PreviewError, KeyError):
+    """No time step has that label."""
+
+
+class TimeOutOfRange(PreviewError, IndexError):
+    """No time step has that index."""
+
+
+class NoSuchBand(PreviewError, KeyError):
+    """The cube lacks a band the preview needs."""
+
 
 @dataclass(frozen=True)
 class PreviewOptions:
@@ -30,8 +50,14 @@ class PreviewOptions:
 
 def _open(store: str | Path, storage_options: Mapping[str, Any] | None) -> Any:
     import xarray as xr
+    from zarr.errors import GroupNotFoundError, NodeTypeValidationError
 
-    return xr.open_zarr(str(store), chunks=None, mask_and_scale=False, storage_options=dict(storage_options) if storage_options else None)
+    try:
+        return xr.open_zarr(str(store), chunks=None, mask_and_scale=False,
+                            storage_options=dict(storage_options) if storage_options else None)
+    except (FileNotFoundError, GroupNotFoundError, NodeTypeValidationError, KeyError):
+        raise PreviewError(f"{store} holds no cube; check the store path (a folder or s3:// URL "
+                           "written by `cubeless run`)") from None
 
 
 def _select_time(ds: Any, when: int | str) -> Any:
@@ -40,16 +66,20 @@ def _select_time(ds: Any, when: int | str) -> Any:
     if "time" not in ds.dims:
         return ds
     n = ds.sizes["time"]
+    if n == 0:
+        raise TimeOutOfRange("the cube has no committed time steps yet; use `cubeless run SPEC --local` to build one")
     if isinstance(when, str) and when.strip().lstrip("-").isdigit():
         when = int(when)  # "0", "-1" from a command line are positions
+    labels = [str(v)[:10] for v in ds["time"].values]
+    shown = ", ".join(labels) if n <= 12 else f"{', '.join(labels[:3])}, ..., {', '.join(labels[-3:])}"
     if isinstance(when, (int, np.integer)):
         if not -n <= int(when) < n:
-            raise IndexError(f"time index {when} is outside the cube's {n} time steps")
+            raise TimeOutOfRange(f"time index {when} is outside the cube's {n} time step(s); use 0..{n - 1} "
+                                 f"(-{n}..-1 from the end) or a date: {shown}")
         return ds.isel(time=int(when))
-    labels = [str(v)[:10] for v in ds["time"].values]
     hits = [i for i, lab in enumerate(labels) if lab.startswith(str(when))]
     if not hits:
-        raise KeyError(f"no time step labelled {when!r}; the cube has {labels}")
+        raise NoSuchTime(f"no time step labelled {when!r}; use one the cube has: {shown} (or an index 0..{n - 1})")
     return ds.isel(time=hits[0])
 
 
@@ -107,7 +137,8 @@ def preview_array(
     arrays = []
     for name in options.bands:
         if name not in ds:
-            raise KeyError(f"the cube has no variable {name!r}; it has {sorted(ds.data_vars)}")
+            raise NoSuchBand(f"the cube has no band {name!r} (it has {', '.join(sorted(map(str, ds.data_vars)))}); "
+                             f"a preview needs {', '.join(options.bands)}: use a cube built with those bands")
         da = ds[name]
         ydim, xdim = _spatial_dims(da)
         da = da.transpose(ydim, xdim)

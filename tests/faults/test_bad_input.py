@@ -43,6 +43,8 @@ class Case:
     expect: str = ""  #: a fragment the error line must contain
     args: tuple[str, ...] = ()
     spec_path: Callable[[Path], Path] | None = None  #: a spec path other than the written one
+    env: dict[str, str | None] | None = None  #: environment changes (None: the variable is removed)
+    argv: Callable[[Path], list[str]] | None = None  #: the whole command line, made in the case's folder
 
 
 def _set(**kw: Any) -> Callable[[dict[str, Any], Path], None]:
@@ -72,6 +74,44 @@ def _aoi(content: str | dict[str, Any] | None) -> Callable[[dict[str, Any], Path
 
 def _raw(text: str | bytes) -> Callable[[dict[str, Any], Path], str | bytes]:
     return lambda _doc, _tmp: text
+
+
+#: An environment with no AWS credentials anywhere (nor instance metadata to ask).
+NO_AWS = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None,
+          "AWS_PROFILE": None, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+          "AWS_CONFIG_FILE": "/nonexistent/config", "AWS_EC2_METADATA_DISABLED": "true",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": None, "AWS_ENDPOINT_URL_S3": None}
+
+
+def _aws(**kw: str | None) -> dict[str, str | None]:
+    """NO_AWS with ``kw`` on top (e.g. fake credentials and an endpoint)."""
+    return {**NO_AWS, **kw}
+
+
+def _fake_keys(endpoint: str) -> dict[str, str | None]:
+    return _aws(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=endpoint)
+
+
+def _small_cube(tmp: Path, bands: tuple[str, ...] = ("red", "green", "blue")) -> str:
+    """A two-step (2024-05, 2024-07) RGB Zarr for the preview cases (preview reads any such cube)."""
+    import numpy as np
+    import xarray as xr
+
+    ds = xr.Dataset(
+        {b: (("time", "y", "x"), np.full((2, 8, 8), 1000, np.uint16)) for b in bands},
+        coords={"time": np.array(["2024-05-01", "2024-07-01"], dtype="datetime64[ns]"),
+                "y": 5_140_000 - 20.0 * np.arange(8), "x": 270_000 + 20.0 * np.arange(8)},
+    )
+    path = str(tmp / "small.zarr")
+    ds.to_zarr(path, zarr_format=3, consolidated=True)
+    return path
+
+
+def _preview(time: str, *, bands: tuple[str, ...] = ("red", "green", "blue"), store: bool = True) -> Callable[[Path], list[str]]:
+    def argv(tmp: Path) -> list[str]:
+        where = _small_cube(tmp, bands) if store else str(tmp / "no-cube-here.zarr")
+        return ["preview", where, "--time", time, "--out", str(tmp / "preview.png")]
+    return argv
 
 
 ANTIMERIDIAN = {"type": "Polygon", "coordinates": [[[179.5, -17], [-179.5, -17], [-179.5, -16], [179.5, -16], [179.5, -17]]]}
@@ -117,6 +157,25 @@ CASES = [
     Case("stac-unreachable", "plan", lambda d, t: d.update(stac_api=f"http://127.0.0.1:{_closed_port()}"), "is unreachable"),
     Case("stac-unreachable-run", "run", lambda d, t: d.update(stac_api=f"http://127.0.0.1:{_closed_port()}"), "is unreachable"),
     Case("collection-unknown", "run", _set(collection="sentinel-3"), "collection 'sentinel-3' not found"),
+    Case("store-unwritable-run", "run", _set(store="/proc/cubeless-bad-input.zarr"), "is not writable"),
+    Case("store-unwritable-plan", "plan", _set(store="/proc/cubeless-bad-input.zarr"), "is not writable"),
+    Case("store-under-a-file-plan", "plan", lambda d, t: (t / "f").write_text("x") and d.update(store=str(t / "f" / "c.zarr")), "which is a file"),
+    Case("store-s3-no-credentials-run", "run", _set(store="s3://cubeless-bad-input/cube.zarr"), "no AWS credentials found", env=NO_AWS),
+    Case("store-s3-no-credentials-plan", "plan", _set(store="s3://cubeless-bad-input/cube.zarr"), "no AWS credentials found", env=NO_AWS),
+    Case("store-s3-endpoint-closed", "run", _set(store="s3://cubeless-bad-input/cube.zarr"), "is unreachable",
+         env=_fake_keys(f"http://127.0.0.1:{_closed_port()}")),
+    Case("store-s3-endpoint-unresolvable", "plan", _set(store="s3://cubeless-bad-input/cube.zarr"), "is unreachable",
+         env=_fake_keys("http://no-such-host.invalid:9000")),
+    Case("manifest-s3-no-credentials", "none", None, "no AWS credentials found",
+         args=("manifest", "s3://cubeless-bad-input/cube.zarr"), env=NO_AWS),
+    Case("preview-time-not-in-cube", "none", None, "no time step labelled '2024-06'; use one the cube has: 2024-05-01, 2024-07-01", argv=_preview("2024-06")),
+    Case("preview-index-out-of-range", "none", None, "time index 5 is outside the cube's 2 time step(s); use 0..1", argv=_preview("5")),
+    Case("preview-missing-store", "none", None, "holds no cube; check the store path", argv=_preview("0", store=False)),
+    Case("preview-missing-band", "none", None, "the cube has no band 'blue'", argv=_preview("0", bands=("red", "green"))),
+    Case("status-without-region", "none", None, "no AWS region configured; set AWS_DEFAULT_REGION",
+         args=("status", "some-run"), env=_aws(AWS_DEFAULT_REGION=None, AWS_REGION=None)),
+    Case("start-without-region", "start", None, "no AWS region configured; set AWS_DEFAULT_REGION",
+         env=_aws(AWS_DEFAULT_REGION=None, AWS_REGION=None)),
     Case("store-is-a-file", "run", lambda d, t: (t / "a-file").write_text("x") and d.update(store=str(t / "a-file")), "is a file"),
     Case("spec-missing", "validate", None, "does not exist", spec_path=lambda t: t / "nowhere.yaml"),
     Case("spec-a-directory", "validate", None, "is a directory", spec_path=lambda t: t),
@@ -162,12 +221,22 @@ def outcomes(shared_dir: Path, stac: str, env: dict[str, str]) -> dict[str, dict
             "run-nolocal": ["run", str(path)],
             "none": [],
         }.get(case.command, [case.command, str(path)])
-        p = subprocess.run([CUBELESS, *args, *case.args], capture_output=True, text=True, env=env, timeout=300)
+        if case.argv is not None:
+            args = case.argv(tmp)
+        before = {p for p in tmp.rglob("*")}
+        case_env = dict(env)
+        for k, v in (case.env or {}).items():
+            if v is None:
+                case_env.pop(k, None)
+            else:
+                case_env[k] = v
+        p = subprocess.run([CUBELESS, *args, *case.args], capture_output=True, text=True, env=case_env, timeout=300)
         written = Path(doc.get("store", store))
         return case.id, {
             "code": p.returncode, "stderr": p.stderr, "stdout": p.stdout,
             "store": str(written), "store_is_dir": written.is_dir(),
             "store_text": written.read_text() if written.is_file() else None,
+            "new_files": sorted(str(p) for p in set(tmp.rglob("*")) - before),
         }
 
     cache = shared_dir / "bad-input.json"
@@ -195,6 +264,7 @@ def test_bad_input(outcomes: dict[str, dict[str, Any]], case_id: str) -> None:
     assert line.startswith("error: "), line
     assert case.expect in line, f"{case.expect!r} not in {line!r}"
     assert FIX.search(line.split(":", 1)[1]), f"the line names no fix: {line!r}"
+    assert not r["new_files"], f"written: {r['new_files']}"
     if case.id != "store-is-a-file":
         assert not r["store_is_dir"] and r["store_text"] is None, f"{r['store']} was written"
     else:

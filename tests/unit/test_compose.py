@@ -289,8 +289,22 @@ def test_unreadable_scene_is_a_task_error(tmp_path):
     rng = np.random.default_rng(9)
     items = [write_scene(tmp_path, random_scene(rng, "gone", "2020-01-03T10:00:00Z"))]
     os.remove(tmp_path / "gone_scl.tif")
-    with pytest.raises(TaskError, match="reading scenes of task"):
+    with pytest.raises(TaskError) as missing:
         compose(make_task(items))
+    # The href and GDAL's own error, not rasterio's "Read failed. See previous exception ...".
+    assert f"reading {tmp_path / 'gone_scl.tif'} failed: " in str(missing.value), missing.value
+    assert "No such file or directory" in str(missing.value), missing.value
+    # A COG with corrupt tile data opens (its header is whole) and fails at the first block read,
+    # where rasterio says only "Read failed. See previous exception for details.".
+    items = [write_scene(tmp_path, random_scene(rng, "gone", "2020-01-03T10:00:00Z"))]
+    red = tmp_path / "gone_red.tif"
+    data = red.read_bytes()
+    red.write_bytes(data[: len(data) // 4] + b"\xff" * (len(data) - len(data) // 4))
+    with pytest.raises(TaskError) as corrupt:
+        compose(make_task(items))
+    assert f"reading {red} failed: " in str(corrupt.value), corrupt.value
+    assert "TIFFReadEncodedTile() failed" in str(corrupt.value), corrupt.value
+    assert "See previous exception" not in str(corrupt.value), corrupt.value
 
 
 def block_scene(rng: np.random.Generator, sid: str, when: str, block: int) -> Scene:
