@@ -61,6 +61,7 @@ SEND_ROUNDS = 5
 ENV = {
     "bucket": "CUBELESS_BUCKET",
     "queue_url": "CUBELESS_QUEUE_URL",
+    "dead_letter_queue_url": "CUBELESS_DLQ_URL",
     "spill_uri": "CUBELESS_SPILL_URI",
     "lanes": "CUBELESS_LANES",
     "max_lanes": "CUBELESS_MAX_LANES",
@@ -81,11 +82,15 @@ class ConfigError(CubelessError):
 
 
 class TasksPending(CubelessError):
-    """Tasks of the run are still queued or in flight; the state machine retries the commit later."""
+    """Tasks of the run are neither done nor dead-lettered yet; the commit refuses to judge the run."""
 
 
 class RunIncomplete(CubelessError):
-    """The queue is drained but some planned tasks never finished; the run fails with this message."""
+    """Some of the run's tasks were dead-lettered (or never finished); the run fails with this message."""
+
+
+class RunStalled(CubelessError):
+    """Rounds of workers made no progress on the run's remaining tasks; the run fails with this message."""
 
 
 class ExecutionConflict(UserError):
@@ -127,10 +132,11 @@ class Deployment:
     bucket: str  #: the bucket cubes must be stored in
     queue_url: str
     spill_uri: str  #: ``s3://bucket/prefix`` for task bodies over :data:`MAX_BODY_BYTES`
-    lanes: int = 20  #: lanes of a run that does not ask for a number
-    max_lanes: int = 100  #: most lanes a run may ask for
+    lanes: int = 900  #: lanes (concurrent worker invocations) of a run that does not ask for a number
+    max_lanes: int = 1000  #: most lanes a run may ask for
     allowed_hosts: tuple[str, ...] = ()  #: hosts of the STAC API and scene assets
     retry_delay: float = DEFAULT_RETRY_DELAY  #: first retry delay of a failed task (s), doubling per receive
+    dead_letter_queue_url: str | None = None  #: where a task's message goes after its last failed try
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Deployment":
@@ -141,14 +147,18 @@ class Deployment:
             bucket=_require(env, "bucket"),
             queue_url=_require(env, "queue_url"),
             spill_uri=_require(env, "spill_uri"),
-            lanes=int(env.get(ENV["lanes"], "20")),
-            max_lanes=int(env.get(ENV["max_lanes"], "100")),
+            lanes=int(env.get(ENV["lanes"], "900")),
+            max_lanes=int(env.get(ENV["max_lanes"], "1000")),
             allowed_hosts=hosts,
             retry_delay=_non_negative(env, "retry_delay", DEFAULT_RETRY_DELAY),
+            dead_letter_queue_url=env.get(ENV["dead_letter_queue_url"], "").strip() or None,
         )
 
     def queue(self) -> "TaskQueue":
         return TaskQueue(self.queue_url, spill_uri=self.spill_uri)
+
+    def dead_letter_queue(self) -> "TaskQueue | None":
+        return TaskQueue(self.dead_letter_queue_url) if self.dead_letter_queue_url else None
 
     def retry_delay_for(self, receive_count: int) -> int:
         """Seconds a failed task stays invisible after its ``receive_count``-th try (10, 20, 40, ...)."""
@@ -241,6 +251,8 @@ class Received:
     receipt: str
     receive_count: int  #: 1 on the first try
     message_id: str
+    body: str = ""  #: the message body as sent (what a dead-letter copy carries)
+    attributes: Mapping[str, Any] | None = None  #: its message attributes, as SendMessage takes them
 
 
 @dataclass(frozen=True)
@@ -267,6 +279,7 @@ class TaskQueue:
         self._s3 = s3
         self._lock = threading.Lock()
         self._max_receives: tuple[int | None] | None = None  # (value,) once read
+        self._visibility: float | None = None
 
     @property
     def sqs(self) -> Any:
@@ -363,7 +376,7 @@ class TaskQueue:
             return None
         msg = messages[0]
         attrs = msg.get("MessageAttributes") or {}
-        body = msg["Body"]
+        body = raw = msg["Body"]
         encoding = attrs.get("body", {}).get("StringValue")
         if encoding == "s3":
             bucket, _, key = json.loads(body)["task_uri"].removeprefix("s3://").partition("/")
@@ -377,6 +390,8 @@ class TaskQueue:
             receipt=msg["ReceiptHandle"],
             receive_count=int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
             message_id=msg["MessageId"],
+            body=raw,
+            attributes=_attrs(msg),
         )
 
     def delete(self, received: Received) -> None:
@@ -387,6 +402,13 @@ class TaskQueue:
         """A try failed: make the message visible again after ``seconds`` (not the full timeout)."""
         self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=received.receipt, VisibilityTimeout=max(0, min(seconds, 43_200)))
 
+    def dead_letter(self, received: Received, dead_letter_queue: "TaskQueue") -> None:
+        """The task's last try failed: park its message in ``dead_letter_queue`` now (as SQS would on
+        its next receive, which may never come once the run is over) and remove it from this queue."""
+        entry = {"Id": "0", "MessageBody": received.body, "MessageAttributes": dict(received.attributes or {})}
+        dead_letter_queue._send([entry])
+        self.delete(received)
+
     def max_receives(self) -> int | None:
         """Receives after which SQS moves a message to the dead-letter queue (the queue's redrive
         policy; None without one). Read once per queue object."""
@@ -395,6 +417,13 @@ class TaskQueue:
             policy = attrs.get("RedrivePolicy")
             self._max_receives = (int(json.loads(policy)["maxReceiveCount"]) if policy else None,)
         return self._max_receives[0]
+
+    def visibility_timeout(self) -> float:
+        """The queue's visibility timeout (s): how long a received message stays hidden. Read once."""
+        if getattr(self, "_visibility", None) is None:
+            attrs = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["VisibilityTimeout"])["Attributes"]
+            self._visibility = float(attrs.get("VisibilityTimeout", 30))
+        return float(self._visibility)
 
     def depth(self) -> QueueDepth:
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]

@@ -7,6 +7,8 @@ Everything lives under ``<store>/_cubeless/runs/<run_id>/``::
     tasks.index.json       compact companion: task ids, the spec, item ids (what the commit reads)
     done/<task_id>.json    TaskResult of the attempt that finished the task
     failed/<task_id>.json  TaskResult of the latest failed attempt
+    dead/<task_id>.json    DeadMarker: the task's last try (AWS: receive count = the queue's
+                           maxReceiveCount) started or failed; SQS dead-letters it next
     manifest.json          written by the commit step
 
 Every write is a single-object put (atomic on S3, temp-file-and-rename locally), so concurrent
@@ -25,6 +27,8 @@ import random
 import time
 import uuid
 from typing import Any, Iterable, Iterator
+
+from pydantic import BaseModel, ConfigDict
 
 from . import fs
 from .errors import UserError
@@ -70,6 +74,9 @@ class RunState:
 
     def failed_uri(self, task_id: str) -> str:
         return fs.join(self.root, "failed", task_id + _MARKER_SUFFIX)
+
+    def dead_uri(self, task_id: str) -> str:
+        return fs.join(self.root, "dead", task_id + _MARKER_SUFFIX)
 
     # -- record -----------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -166,12 +173,54 @@ class RunState:
             raise ValueError(f"mark_done needs a done result, got {result.status}")
         fs.put_bytes(self.done_uri(result.task_id), result.model_dump_json().encode())
         fs.delete(self.failed_uri(result.task_id))
+        fs.delete(self.dead_uri(result.task_id))
 
     def mark_failed(self, result: TaskResult) -> None:
         """Record a failed attempt; the latest one replaces earlier ones."""
         if result.status != "failed":
             raise ValueError(f"mark_failed needs a failed result, got {result.status}")
         fs.put_bytes(self.failed_uri(result.task_id), result.model_dump_json().encode())
+
+    def mark_dead(self, task_id: str, *, receive_count: int, final: bool, error: str | None = None) -> None:
+        """Record that a task's last try started (``final=False``, written before the try, so that
+        a try that dies with its Lambda still settles the task) or failed (``final=True``).
+
+        SQS dead-letters the message on its next receive; :meth:`mark_done` deletes the marker
+        if the last try succeeds after all.
+        """
+        marker = DeadMarker(task_id=task_id, receive_count=receive_count, final=final, error=error, at=time.time())
+        fs.put_bytes(self.dead_uri(task_id), marker.model_dump_json().encode())
+
+    def dead_ids(self) -> set[str]:
+        """Ids with a dead marker: one listing of ``dead/``."""
+        return _marker_ids(fs.list_names(fs.join(self.root, "dead")))
+
+    def dead_markers(self) -> dict[str, "DeadMarker"]:
+        """Dead markers by task id (dead tasks are few: one listing plus a read each)."""
+        ids = sorted(self.dead_ids())
+        got = fs.get_many(self.dead_uri(i) for i in ids)
+        return {i: DeadMarker.model_validate_json(got[self.dead_uri(i)]) for i in ids if self.dead_uri(i) in got}
+
+    def clear_dead(self, task_ids: Iterable[str] | None = None) -> int:
+        """Delete dead markers (all, or of ``task_ids``) before their tasks are queued again; return the count."""
+        ids = self.dead_ids() if task_ids is None else self.dead_ids() & set(task_ids)
+        for i in ids:
+            fs.delete(self.dead_uri(i))
+        return len(ids)
+
+    def progress(self, task_count: int, *, last_try_seconds: float) -> "RunProgress":
+        """How far the run is, exactly, from its own markers (never from queue counts).
+
+        A task is settled when it has a done marker, or a dead marker that is final or older
+        than ``last_try_seconds`` (the queue's visibility timeout: a last try that old cannot
+        still be running; its message is dead-lettered on its next receive). Two listings,
+        plus one read per dead marker.
+        """
+        done = self.done_ids()
+        dead = {i: m for i, m in self.dead_markers().items() if i not in done}
+        now = time.time()
+        settled_dead = sorted(i for i, m in dead.items() if m.final or now - m.at > last_try_seconds)
+        return RunProgress(task_count=task_count, done=len(done), dead=settled_dead, last_tries=len(dead) - len(settled_dead))
 
     def done_ids(self) -> set[str]:
         """Ids of finished tasks: one listing of ``done/``."""
@@ -203,6 +252,38 @@ class RunState:
     # -- manifest ---------------------------------------------------------------------------------
     def write_manifest_bytes(self, data: bytes) -> None:
         fs.put_bytes(self.manifest_uri, data)
+
+
+class DeadMarker(BaseModel):
+    """``dead/<task_id>.json``: the task's last try started (``final`` False) or failed (True)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: str
+    receive_count: int
+    final: bool
+    error: str | None = None
+    at: float  #: Unix time the marker was written
+
+
+class RunProgress(BaseModel):
+    """A run's progress from its markers: done, dead-lettered (settled), and what is left."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_count: int
+    done: int
+    dead: list[str]  #: ids of settled dead tasks (dead-lettered, or their last try is over)
+    last_tries: int = 0  #: tasks whose last try may still be running
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.task_count - self.done - len(self.dead))
+
+    @property
+    def complete(self) -> bool:
+        """Every task is done or dead: the run can be judged (committed, or failed naming the dead)."""
+        return self.remaining == 0
 
 
 def list_runs(store: str) -> list[str]:

@@ -32,8 +32,9 @@ class Functions(Construct):
     """The three Lambda functions of a run.
 
     :ivar planner: plans a run and enqueues its tasks (zip, layer).
-    :ivar worker: executes one task per invocation (container image).
+    :ivar worker: executes tasks from the queue for ~75 s per invocation (container image).
     :ivar commit: publishes a finished run (zip, layer).
+    :ivar progress: a run's exact progress from its done/ and dead/ markers, once per round (zip, layer).
     :ivar layer: cubeless and its runtime dependencies, for the zip functions.
     """
 
@@ -46,6 +47,7 @@ class Functions(Construct):
         layer_zip: str,
         bucket: s3.IBucket,
         queue: sqs.IQueue,
+        dead_letter_queue: sqs.IQueue,
         spill_uri: str,
     ) -> None:
         super().__init__(scope, id)
@@ -55,6 +57,7 @@ class Functions(Construct):
         self._env = {
             ENV["bucket"]: bucket.bucket_name,
             ENV["queue_url"]: queue.queue_url,
+            ENV["dead_letter_queue_url"]: dead_letter_queue.queue_url,
             ENV["spill_uri"]: spill_uri,
             ENV["lanes"]: str(settings.lanes),
             ENV["max_lanes"]: str(settings.max_lanes),
@@ -77,6 +80,8 @@ class Functions(Construct):
             "Planner", handlers, "lambdas.planner.handler", settings.planner_memory_mb, Duration.minutes(15)
         )
         self.commit = self._zip_function("Commit", handlers, "lambdas.commit.handler", settings.commit_memory_mb, Duration.minutes(10))
+        # One round of the run's loop: two listings (done/, dead/) of up to a million markers.
+        self.progress = self._zip_function("Progress", handlers, "lambdas.progress.handler", settings.commit_memory_mb, Duration.minutes(10))
         self.worker = lambda_.DockerImageFunction(
             self,
             "Worker",
@@ -92,11 +97,11 @@ class Functions(Construct):
             ephemeral_storage_size=Size.mebibytes(settings.worker_ephemeral_mb),
             timeout=WORKER_TIMEOUT,
             environment={**self._env, **settings.gdal_env, "POWERTOOLS_SERVICE_NAME": "worker"},
-            description="cubeless worker: executes one task per invocation",
+            description="cubeless worker: executes tasks from the queue for up to ~75 s per invocation",
             **self._common("Worker"),
         )
         objects = bucket.arn_for_objects("*")
-        for fn in (self.planner, self.worker, self.commit):
+        for fn in (self.planner, self.worker, self.commit, self.progress):
             # Cube stores (and spilled task bodies) are prefixes of this one bucket: object actions
             # plus listing, nothing on the bucket's settings.
             iam.Grant.add_to_principal(
@@ -110,7 +115,10 @@ class Functions(Construct):
             acknowledge(fn.role, "AwsSolutions-IAM5[Resource::*]", "X-Ray tracing (PutTraceSegments, PutTelemetryRecords) has no resource-level permissions.")
         queue.grant_send_messages(self.planner)
         queue.grant_consume_messages(self.worker)
+        # A task's failed last try: its message goes to the dead-letter queue at once.
+        dead_letter_queue.grant_send_messages(self.worker)
         queue.grant(self.commit, "sqs:GetQueueAttributes")
+        queue.grant(self.progress, "sqs:GetQueueAttributes")
 
     def _common(self, name: str) -> dict:
         """Role, log group and tracing shared by every function (no managed policies)."""

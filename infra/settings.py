@@ -103,10 +103,13 @@ class Settings(BaseSettings):
     bucket_name: str | None = None
     #: Keep the created bucket (and its cubes) when the stack is deleted.
     retain_bucket: bool = True
-    #: Lanes per run unless the execution input asks otherwise: each lane is one worker loop.
-    lanes: int = Field(20, ge=1)
+    #: Lanes per run unless the execution input asks otherwise: each lane is one worker invocation
+    #: at a time, so this is the run's worker concurrency. 900 leaves 100 of the default Lambda
+    #: account concurrency (1,000) to the planner, progress and commit functions and to other runs.
+    lanes: int = Field(900, ge=1)
     #: Most lanes one run may use (the Distributed Map's MaxConcurrency; caps the input's ``lanes``).
-    max_lanes: int = Field(100, ge=1, le=10_000)
+    #: Above 1,000, raise the account's Lambda concurrency quota first (Distributed Map allows 10,000).
+    max_lanes: int = Field(1000, ge=1, le=10_000)
     #: Share of lanes allowed to fail before the Map fails; the commit step judges the tasks anyway.
     tolerated_failure_percentage: float = Field(100.0, ge=0, le=100)
     #: Worker memory (MB); Lambda gives CPU in proportion (1,769 MB = one vCPU).

@@ -30,6 +30,7 @@ class CubelessStack(Stack):
             layer_zip=layer_zip,
             bucket=self.storage.bucket,
             queue=self.tasks.queue,
+            dead_letter_queue=self.tasks.dead_letter_queue,
             spill_uri=self.storage.spill_uri,
         )
         self.workflow = Workflow(
@@ -38,6 +39,7 @@ class CubelessStack(Stack):
             planner=self.functions.planner,
             worker=self.functions.worker,
             commit=self.functions.commit,
+            progress=self.functions.progress,
             max_lanes=settings.max_lanes,
             tolerated_failure_percentage=settings.tolerated_failure_percentage,
             log_retention_days=settings.log_retention_days,

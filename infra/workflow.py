@@ -1,20 +1,31 @@
-"""The state machine of a run: Plan -> lanes (Distributed Map of worker loops) -> Commit.
+"""The state machine of a run: Plan -> rounds of worker lanes -> Progress -> Commit.
 
 ::
 
     Plan ──> Anything to do? ──no──> Up to date
                  │yes
                  v
-    Lanes (Distributed Map over the planner's ``lanes``; one child execution per lane)
-    │   Work (worker: one task) ──> Drained? ──yes──> Lane done
-    │     ^                            │idle: tasks in flight elsewhere
-    │     └──────────── Wait ──────────┘ (or straight back when it did a task)
-    v
-    Commit ──(TasksPending: retry with backoff)
-       │ complete                    │ RunIncomplete, SpecError, PlanError
-       v                             v
-    Committed                      Explain (the error's one-line message) ──> Failed
+    ┌──> Workers (Distributed Map over progress.lanes; each lane a Standard child execution)
+    │    │   Work (worker: tasks for ~75 s of its 90 s) ──> More? ──no (drained, or 10 calls)──> Lane done
+    │    │     ^                                              │yes
+    │    │     └──────────────────────────────────────────────┘
+    │    v
+    │  Progress (done/ + dead/ markers of THIS run vs its task count; next round's lanes)
+    │    │                                    │ RunStalled
+    │    v                                    v
+    └─ Complete? ──no── Next round (Wait 10 s)    Explain ──> Failed
+         │yes                                     ^
+         v                                        │ RunIncomplete (dead-lettered tasks, named)
+       Commit ────────────────────────────────────┘
+         │
+         v
+       Committed
 
+No per-task loop in a Standard execution: a lane (child) makes at most ``MAX_CALLS_PER_LANE``
+(10) worker calls, ~8 history events each; the parent writes ~16 events per round (a round
+lasts up to ~15 min of work). A worker call takes many tasks and never raises for a failed one
+(it is recorded and its message backs off); a Lambda service error is retried 5 times with
+backoff and jitter, anything else ends the lane (caught), and the next round starts it again.
 Every task state has its own Retry; nothing is string-built JSON.
 """
 
@@ -39,8 +50,10 @@ LAMBDA_TRANSIENT = [
 ]
 #: Errors whose message is one line meant for the user: the execution fails with it as its cause.
 USER_FACING = ["SpecError", "PlanError", "ConfigError"]
-#: How long an idle lane waits before asking the queue again.
-IDLE_WAIT = Duration.seconds(20)
+#: Pause between rounds whose lanes all ended (tasks left are in flight or backing off).
+ROUND_WAIT = Duration.seconds(10)
+#: Tries of a worker call after a Lambda service error (throttling above the account's concurrency).
+WORKER_RETRIES = 5
 
 
 class Workflow(Construct):
@@ -58,6 +71,7 @@ class Workflow(Construct):
         planner: lambda_.IFunction,
         worker: lambda_.IFunction,
         commit: lambda_.IFunction,
+        progress: lambda_.IFunction,
         max_lanes: int,
         tolerated_failure_percentage: float,
         log_retention_days: int,
@@ -79,51 +93,63 @@ class Workflow(Construct):
             lambda_function=planner,
             payload_response_only=True,
             retry_on_service_exceptions=False,
-            comment="Validate the spec, plan or resume the run, enqueue its tasks; returns the run record and lanes.",
+            comment="Validate the spec, plan or resume the run, enqueue its tasks; returns the run record and the first round's lanes.",
         )
         plan.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
         plan.add_catch(explain, errors=USER_FACING, result_path="$.error")
 
-        # -- one lane: invoke the worker until the queue is drained --------------------------------
+        # -- one lane: a few worker calls, each taking tasks for most of its 90 s --------------------
         work = tasks.LambdaInvoke(
             self,
             "Work",
             lambda_function=worker,
-            payload=sfn.TaskInput.from_object({"lane.$": "$.lane", "run_id.$": "$.run_id"}),
+            payload=sfn.TaskInput.from_object({"run_id.$": "$.run_id", "lane.$": "$.lane", "calls.$": "$.calls"}),
             payload_response_only=True,
             retry_on_service_exceptions=False,
             task_timeout=sfn.Timeout.duration(WORKER_TIMEOUT),
-            result_path="$.work",
-            comment="One task from the queue; a failed task raises and is retried here and redelivered by SQS.",
+            comment="Tasks from the queue until ~75 s are used; a failed task is recorded and backs off, never raised.",
         )
         work.add_retry(
-            errors=LAMBDA_TRANSIENT + ["States.Timeout", "States.TaskFailed"],
-            max_attempts=5,
+            errors=LAMBDA_TRANSIENT,
+            max_attempts=WORKER_RETRIES,
             interval=Duration.seconds(2),
             backoff_rate=2,
             max_delay=Duration.seconds(60),
             jitter_strategy=sfn.JitterType.FULL,
         )
-        idle = sfn.Wait(self, "Idle", time=sfn.WaitTime.duration(IDLE_WAIT), comment="Tasks are in flight in other lanes; ask again soon.")
-        lane = work.next(
-            sfn.Choice(self, "Drained?")
-            .when(sfn.Condition.boolean_equals("$.work.drained", True), sfn.Succeed(self, "Lane done"))
-            .when(sfn.Condition.boolean_equals("$.work.idle", True), idle.next(work))
-            .otherwise(work)
+        lane_done = sfn.Succeed(self, "Lane done", output_path="$.lane", comment="A small output: the Map keeps every lane's.")
+        work.add_catch(
+            sfn.Succeed(self, "Lane ended", output_path="$.lane", comment="A worker call failed (e.g. timed out): the next round starts the lane again."),
+            errors=["States.ALL"],
+            result_path="$.error",
         )
-        lanes = sfn.DistributedMap(
+        lane = work.next(sfn.Choice(self, "More?").when(sfn.Condition.boolean_equals("$.more", True), work).otherwise(lane_done))
+        workers = sfn.DistributedMap(
             self,
-            "Lanes",
-            items_path="$.lanes",
-            item_selector={"lane.$": "$$.Map.Item.Value", "run_id.$": "$.run.run_id"},
+            "Workers",
+            items_path="$.progress.lanes",
+            item_selector={"lane.$": "$$.Map.Item.Value", "run_id.$": "$.run.run_id", "calls": 0},
             max_concurrency=max_lanes,
             tolerated_failure_percentage=float(tolerated_failure_percentage),
             map_execution_type=sfn.StateMachineType.STANDARD,
             result_path=sfn.JsonPath.DISCARD,
-            label="lanes",
-            comment="Each lane is a worker loop; the commit step judges whether every task got done.",
+            label="workers",
+            comment="One round: each lane is a short worker loop; the progress step judges the run's tasks.",
         )
-        lanes.item_processor(lane)
+        workers.item_processor(lane)
+
+        progress_task = tasks.LambdaInvoke(
+            self,
+            "Progress",
+            lambda_function=progress,
+            payload=sfn.TaskInput.from_object({"run.$": "$.run", "progress.$": "$.progress"}),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path="$.progress",
+            comment="Done and dead-lettered tasks of this run (its markers, never queue counts); the next round's lanes.",
+        )
+        progress_task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=5, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
+        progress_task.add_catch(explain, errors=["RunStalled"], result_path="$.error")
 
         commit_task = tasks.LambdaInvoke(
             self,
@@ -133,23 +159,21 @@ class Workflow(Construct):
             payload_response_only=True,
             retry_on_service_exceptions=False,
             result_path="$.manifest",
-            comment="Publish the run's bins once every task is done; TasksPending while some are in flight.",
-        )
-        commit_task.add_retry(
-            errors=["TasksPending"],
-            max_attempts=8,
-            interval=Duration.seconds(30),
-            backoff_rate=2,
-            max_delay=Duration.minutes(5),
-            jitter_strategy=sfn.JitterType.FULL,
+            comment="Publish the run's bins; RunIncomplete names the dead-lettered tasks and `cubeless redrive`.",
         )
         commit_task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
         commit_task.add_catch(explain, errors=["RunIncomplete", "TasksPending"], result_path="$.error")
 
+        next_round = sfn.Wait(self, "Next round", time=sfn.WaitTime.duration(ROUND_WAIT), comment="Tasks left are in flight or backing off.")
+        workers.next(progress_task).next(
+            sfn.Choice(self, "Complete?")
+            .when(sfn.Condition.boolean_equals("$.progress.complete", True), commit_task.next(sfn.Succeed(self, "Committed")))
+            .otherwise(next_round.next(workers))
+        )
         definition = plan.next(
             sfn.Choice(self, "Anything to do?")
             .when(sfn.Condition.is_null("$.run"), sfn.Succeed(self, "Up to date", comment="Every bin of the spec is committed."))
-            .otherwise(lanes.next(commit_task).next(sfn.Succeed(self, "Committed")))
+            .otherwise(workers)
         )
 
         self.log_group = logs.LogGroup(
@@ -167,10 +191,10 @@ class Workflow(Construct):
             state_machine_type=sfn.StateMachineType.STANDARD,
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
-            comment="cubeless: plan a run, drain its tasks in parallel lanes, commit",
+            comment="cubeless: plan a run, rounds of worker lanes until its tasks are done or dead-lettered, commit",
         )
         role = self.state_machine.role
-        for fn in (planner, worker, commit):
+        for fn in (planner, worker, commit, progress):
             acknowledge_resource(role, f"{fn.function_arn}:*", "Invoking this one function, any version or alias (how CDK grants LambdaInvoke).")
         map_policy = self.state_machine.node.try_find_child("DistributedMapPolicy")
         if map_policy is not None:  # lets the Map start, watch and stop its own child executions

@@ -1,9 +1,11 @@
 """Commit: publish the run's time steps once every task is done.
 
-Input: the planner's output (``{"run": RunRecord, "spec": CubeSpec, ...}``). Complete: returns a manifest summary.
-Tasks still queued or in flight: raises ``TasksPending`` (the state machine retries with backoff).
-Queue drained but tasks missing: raises ``RunIncomplete`` whose one-line message says how many
-and where their list is; the execution fails with it.
+Input: the state (``{"run": RunRecord, "spec": CubeSpec, "progress": ...}``); the state machine
+comes here when the progress step found every task done or dead-lettered. Complete: returns a
+manifest summary. Tasks dead-lettered (or missing): writes the run's incomplete manifest, leaves
+the cube alone and raises ``RunIncomplete``, one line naming the dead tasks, where their list is
+and ``cubeless redrive RUN``; the execution fails with it. Tasks neither done nor dead (the run
+was judged too early): ``TasksPending``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from cubeless.commit import commit_run, manifest_uri
 from cubeless.models import RunRecord
 from cubeless.spec import CubeSpec
 from cubeless.state import RunState
-from lambdas.env import deployment, queue
+from lambdas.env import queue
 from lambdas.observability import logger, metrics, tracer
+
+#: Dead task ids named in the error message (all of them are in the run's manifest).
+NAMED = 5
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -27,15 +32,23 @@ from lambdas.observability import logger, metrics, tracer
 def handler(event: Any, context: Any) -> dict[str, Any]:
     record = RunRecord.model_validate(event["run"])
     logger.append_keys(run_id=record.run_id)
+    state = RunState(record.store, record.run_id)
+    progress = state.progress(record.task_count, last_try_seconds=queue().visibility_timeout())
+    if not progress.complete:
+        raise TasksPending(
+            f"run {record.run_id}: {progress.remaining} of {record.task_count} tasks neither done nor dead-lettered yet; "
+            "the commit waits for the workers"
+        )
     manifest = commit_run(record.store, record.run_id, spec=CubeSpec.model_validate(event["spec"]))
     missing = manifest.tasks_planned - manifest.tasks_done
     if not manifest.complete:
-        where = RunState(record.store, record.run_id).manifest_uri
-        if (left := queue().depth().total) > 0:
-            raise TasksPending(f"run {record.run_id}: {missing} of {manifest.tasks_planned} tasks not done yet, {left} messages queued or in flight")
+        dead = progress.dead
+        named = ", ".join(dead[:NAMED]) + (f" and {len(dead) - NAMED} more" if len(dead) > NAMED else "")
         raise RunIncomplete(
             f"run {record.run_id}: {missing} of {manifest.tasks_planned} tasks missing ({manifest.tasks_failed} failed); "
-            f"their list is in {where} (`missing`, `failures`); fix the cause, then `cubeless redrive {record.run_id}` retries only them"
+            f"their list is in {state.manifest_uri} (`missing`, `failures`)"
+            + (f"; dead-lettered: {named}" if dead else "")
+            + f"; fix the cause, then `cubeless redrive {record.run_id}` retries only them"
         )
     metrics.add_metric(name="BinsCommitted", unit=MetricUnit.Count, value=len(manifest.run_bins))
     logger.info("run committed", extra={"bins": [b.label for b in manifest.run_bins], "tasks": manifest.tasks_done})

@@ -15,3 +15,8 @@ def deployment() -> Deployment:
 @functools.cache
 def queue() -> TaskQueue:
     return deployment().queue()
+
+
+@functools.cache
+def dead_letter_queue() -> TaskQueue | None:
+    return deployment().dead_letter_queue()

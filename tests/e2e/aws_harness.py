@@ -85,7 +85,9 @@ EMULATOR_GAPS = {
     "paths run on the Distributed copy; AwsEmulator refuses a template with less (an INLINE copy whose lanes "
     "do not catch would be needed to see a Map fail).",
     "time": "not a gap, a compression: Wait states last 1 s, Retry intervals are scaled by 0.1 (at least 1 s), "
-    "and the worker's first retry delay is 1 s (CUBELESS_RETRY_DELAY; 10 s deployed).",
+    "the worker's first retry delay is 1 s (CUBELESS_RETRY_DELAY; 10 s deployed), and a worker call's context "
+    "reports worker_seconds (default 17 s: it takes tasks for ~2 s, then stops at the 15 s reserve) instead of the "
+    "template's 90 s timeout, so a call takes one or two tasks and a lane's calls and rounds are exercised.",
     "stack-outputs": "no CloudFormation deploy: a stack holding only the template's Outputs (resolved to the "
     "emulated resources) lets `cubeless start/status/redrive --stack` find the deployment.",
 }
@@ -428,7 +430,15 @@ class AwsEmulator:
     boto3, s3fs and GDAL read, and moto's ``execute_state_machine`` switch.
     """
 
-    def __init__(self, template: Mapping[str, Any], *, retry_delay: float = 1.0, wait_seconds: float = 1, retry_scale: float = 0.1) -> None:
+    def __init__(
+        self,
+        template: Mapping[str, Any],
+        *,
+        retry_delay: float = 1.0,
+        wait_seconds: float = 1,
+        retry_scale: float = 0.1,
+        worker_seconds: float | None = 17.0,
+    ) -> None:
         self.template = template
         # moto's backends are process-wide (shared by every moto server of this process): names are unique.
         #: the bucket, the state machine and the CloudFormation stack (``--stack``) of this deployment
@@ -437,6 +447,7 @@ class AwsEmulator:
         self.retry_delay = retry_delay
         self.wait_seconds = wait_seconds
         self.retry_scale = retry_scale
+        self.worker_seconds = worker_seconds
         self._stack = contextlib.ExitStack()
         self._env_saved: dict[str, str | None] = {}
         self.state_machine_arn = ""
@@ -475,6 +486,10 @@ class AwsEmulator:
 
         handlers = function_handlers(self.template)
         timeouts = {k: float(v["Properties"].get("Timeout", 3)) for k, v in self.template["Resources"].items() if v["Type"] == "AWS::Lambda::Function"}
+        if self.worker_seconds is not None:
+            for k, h in handlers.items():
+                if h == "lambdas.worker.handler":
+                    timeouts[k] = min(timeouts[k], self.worker_seconds)
         self.dispatcher = self._stack.enter_context(LambdaDispatcher(self.moto_url, handlers, timeouts))
 
         self._setenv(
@@ -536,6 +551,7 @@ class AwsEmulator:
 
         env.deployment.cache_clear()
         env.queue.cache_clear()
+        env.dead_letter_queue.cache_clear()
         S3FileSystem.clear_instance_cache()
 
     def client(self, service: str) -> Any:
@@ -760,9 +776,24 @@ class Stage:
     # -- what the workers did ----------------------------------------------------------------
     def executed(self, since: int = 0) -> list[str]:
         """Task ids the worker executed (one entry per execution) after dispatcher mark ``since``."""
-        return [i.result["task_id"] for i in self.emu.dispatcher.calls("worker", since) if isinstance(i.result, dict) and i.result.get("task_id") and not i.result.get("skipped")]
+        return [t for i in self.emu.dispatcher.calls("worker", since) if isinstance(i.result, dict) for t in i.result.get("done", [])]
+
+    def skipped(self, since: int = 0) -> list[str]:
+        """Task ids the worker found done already (a duplicate message, deleted without work)."""
+        return [t for i in self.emu.dispatcher.calls("worker", since) if isinstance(i.result, dict) for t in i.result.get("skipped", [])]
 
     def worker_errors(self, since: int = 0) -> list[str]:
+        """Failed tries (``task_id: error``) and worker calls that raised, after mark ``since``."""
+        out: list[str] = []
+        for i in self.emu.dispatcher.calls("worker", since):
+            if i.error:
+                out.append(i.error)
+            elif isinstance(i.result, dict):
+                out += [f"{f['task_id']}: {f['error']}" for f in i.result.get("failed", [])]
+        return out
+
+    def worker_calls_raised(self, since: int = 0) -> list[str]:
+        """Worker calls that raised (a lane's Catch ends it): none expected, task failures are recorded."""
         return [i.error for i in self.emu.dispatcher.calls("worker", since) if i.error]
 
     def wait_quiet(self, timeout: float = 120.0) -> None:

@@ -52,13 +52,20 @@ def test_the_pipeline_builds_the_local_runners_cube(stage: H.Stage, utm_doc: dic
     result = emu.wait(ex.arn, timeout=240)
     assert result.status == "SUCCEEDED", (result, emu.history_tail(ex.arn), emu.dispatcher.timeline(mark))
 
-    # The execution: one plan, `lanes` worker loops draining 18 tasks (each exactly once), one commit.
+    # The execution: one plan, rounds of `lanes` worker lanes executing 18 tasks (each exactly
+    # once, several per call), a progress step per round, one commit.
     planned = sorted(t.task_id for t in RunState(spec.store, run_id).iter_tasks())
     assert len(planned) == 18
     assert [i.module for i in emu.dispatcher.calls("planner", mark)] == ["planner"]
     assert sorted(stage.executed(mark)) == planned, emu.dispatcher.timeline(mark)
     assert stage.worker_errors(mark) == []
-    assert sum(1 for i in emu.dispatcher.calls("worker", mark) if isinstance(i.result, dict) and i.result.get("drained")) == lanes
+    calls = [i.result for i in emu.dispatcher.calls("worker", mark)]
+    assert all(c["run_id"] == run_id and 1 <= c["calls"] <= 10 and c["lane"] in range(lanes) for c in calls), calls
+    assert sum(1 for c in calls if c["drained"]) >= lanes  # every lane ended on an empty queue at least once
+    assert not any(c["more"] for c in calls if c["calls"] == 10)  # a lane returns to the parent after 10 calls
+    rounds = [i.result for i in emu.dispatcher.calls("progress", mark)]
+    assert rounds and rounds[-1]["complete"] is True and rounds[-1]["done"] == 18 and rounds[-1]["dead"] == 0, rounds
+    assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
     (commit,) = emu.dispatcher.calls("commit", mark)
     assert result.output["manifest"] == commit.result
     assert commit.result["complete"] is True and commit.result["tasks_done"] == 18
@@ -148,12 +155,16 @@ def test_the_last_try_of_a_task_comes_back_at_once_to_be_dead_lettered(tmp_path,
     queue = TaskQueue("https://sqs.example/q", sqs=sqs)
     run = Run(parse_spec(spec_doc(str(tmp_path / "hx.zarr"))))
     monkeypatch.setattr(worker, "queue", lambda: queue)
+    monkeypatch.setattr(worker, "dead_letter_queue", lambda: None)  # no DLQ URL: SQS parks it on the next receive
     monkeypatch.setattr(worker, "deployment", lambda: Deployment(bucket="b", queue_url=queue.url, spill_uri="s3://b/_q"))
+    tid = run.tasks[0].task_id
     for n in range(1, 7):
-        worker.record_failure(Received(run.tasks[0], f"r{n}", n, "m"), RuntimeError("corrupt COG"), 0.1)
+        assert worker.record_failure(Received(run.tasks[0], f"r{n}", n, "m"), RuntimeError("corrupt COG"), 0.1) == "RuntimeError: corrupt COG"
+        assert (tid in run.state.dead_ids()) == (n == 6)  # only the last failed try settles the task
     assert sqs.visibility == [10, 20, 40, 80, 160, 0]  # the 6th (last) try: no 320 s wait before the DLQ
     assert sqs.attribute_reads == 1
-    assert run.state.failures()[run.tasks[0].task_id].attempts == 6
+    assert run.state.failures()[tid].attempts == 6
+    assert run.state.dead_markers()[tid].final is True
     assert TaskQueue("https://sqs.example/q", sqs=type("NoDlq", (), {"get_queue_attributes": lambda *a, **k: {"Attributes": {}}})()).max_receives() is None
 
 

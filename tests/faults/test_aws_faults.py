@@ -3,7 +3,7 @@ handlers, scenes in S3 (see ``tests/e2e/aws_harness.py``).
 
 | scenario | injection | expected |
 |---|---|---|
-| poison task | one scene's COG overwritten with garbage in S3 (one task reads it) | tried 1 + 5 times, then parked in the DLQ; the execution fails with RunIncomplete naming how many tasks are missing, where their list is and the redrive command; the run's manifest is incomplete and names the task and its last error; nothing committed; once the object is fixed, `cubeless redrive RUN` redoes only that task and the cube equals the reference |
+| poison task | one scene's COG overwritten with garbage in S3 (one task reads it) | tried 1 + 5 times (no worker call fails), then parked in the DLQ by the worker; the execution fails with RunIncomplete naming how many tasks are missing, the dead-lettered task, where their list is and the redrive command; the run's manifest is incomplete and names the task and its last error; nothing committed; once the object is fixed, `cubeless redrive RUN` redoes only that task and the cube equals the reference |
 | interrupted run | StopExecution after about half the tasks | a new start resumes and executes only the remaining tasks (their leftover messages are skipped as duplicates); cube equals the reference |
 | concurrent cubes | two cubes started at once on one bucket and queue; one of them started twice at once | both finish and equal their references, every task runs once; the double start is one execution |
 | bad input | inverted bbox, unknown fields, store outside the bucket, catalog not allowed | FAILED with SpecError and a one-line cause naming the field; nothing written to the bucket, nothing queued |
@@ -81,11 +81,14 @@ def test_poison_task_goes_to_the_dlq_then_redrive_redoes_only_it(stage: H.Stage,
         run_manifest = RunState(doc["store"], run_id).manifest_uri
         assert (done.status, done.error) == ("FAILED", "RunIncomplete"), (done, emu.history_tail(done.arn))
         assert done.cause and "\n" not in done.cause
-        assert done.cause.startswith(f"run {run_id}: 1 of 6 tasks missing (1 failed); their list is in {run_manifest} (`missing`, `failures`)")
+        assert done.cause.startswith(
+            f"run {run_id}: 1 of 6 tasks missing (1 failed); their list is in {run_manifest} (`missing`, `failures`); dead-lettered: {poison}; "
+        )
         assert f"cubeless redrive {run_id}" in done.cause
         # Tried 1 + 5 times (6 receives), every try failing on the corrupt COG; then parked in the DLQ.
         errors = stage.worker_errors(mark)
-        assert len(errors) == 6 and all(POISON_SCENE in e for e in errors), errors
+        assert len(errors) == 6 and all(e.startswith(poison) and POISON_SCENE in e for e in errors), errors
+        assert stage.worker_calls_raised(mark) == []  # a failed task never fails the worker call (or its lane)
         assert sorted(stage.executed(mark)) == sorted(t.task_id for t in tasks if t.task_id != poison)
         parked = emu.peek(emu.dlq_url)
         assert [m["MessageAttributes"]["task_id"]["StringValue"] for m in parked] == [poison]
@@ -144,7 +147,7 @@ def test_interrupted_run_resumes_with_only_the_remaining_tasks(stage: H.Stage) -
     assert finished.status == "SUCCEEDED", (finished, emu.history_tail(second.arn), emu.dispatcher.timeline(mark))
     executed = stage.executed(mark)
     assert sorted(executed) == sorted(planned - done_before), (executed, done_before)  # each remaining task, once
-    skipped = [i.result["task_id"] for i in emu.dispatcher.calls("worker", mark) if isinstance(i.result, dict) and i.result.get("skipped")]
+    skipped = stage.skipped(mark)
     assert len(skipped) == left and set(skipped) <= planned - done_before  # the duplicates cost a HEAD each
     assert emu.queue().depth().total == 0
     m = read_manifest(doc["store"])

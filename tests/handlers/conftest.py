@@ -57,6 +57,7 @@ def deployment_env(queues: Queues, monkeypatch: pytest.MonkeyPatch) -> Queues:
     """The variables the stack sets on every function; the handlers' cached settings are reset."""
     monkeypatch.setenv(ENV["bucket"], BUCKET)
     monkeypatch.setenv(ENV["queue_url"], queues.url)
+    monkeypatch.setenv(ENV["dead_letter_queue_url"], queues.dlq_url)
     monkeypatch.setenv(ENV["spill_uri"], f"s3://{BUCKET}/_queue")
     monkeypatch.setenv(ENV["lanes"], "4")
     monkeypatch.setenv(ENV["max_lanes"], "8")

@@ -193,9 +193,9 @@ def test_deployment_from_env_names_a_missing_variable() -> None:
     d = Deployment.from_env(
         {"CUBELESS_BUCKET": "b", "CUBELESS_QUEUE_URL": "q", "CUBELESS_SPILL_URI": "s3://b/_q", "CUBELESS_ALLOWED_HOSTS": "a.com, b.org"}
     )
-    assert (d.lanes, d.max_lanes, d.allowed_hosts) == (20, 100, ("a.com", "b.org"))
-    assert d.lanes_for(None, 3) == 3 and d.lanes_for(500, 10_000) == 100 and d.lanes_for(None, 0) == 0
-    assert (d.lanes_for(None), d.lanes_for(500)) == (20, 100)
+    assert (d.lanes, d.max_lanes, d.allowed_hosts, d.dead_letter_queue_url) == (900, 1000, ("a.com", "b.org"), None)
+    assert d.lanes_for(None, 3) == 3 and d.lanes_for(5000, 10_000) == 1000 and d.lanes_for(None, 0) == 0
+    assert (d.lanes_for(None), d.lanes_for(5000), d.lanes_for(40)) == (900, 1000, 40)
     policy = d.href_policy()
     assert policy.allows("https://a.com/x.tif") and not policy.allows("https://evil.com/x.tif")
     assert not policy.allows("/etc/passwd")

@@ -22,24 +22,28 @@ def test_complete_run_is_committed(deployment_env: Queues, run: Run, context: Fa
     assert commit.handler(run.commit_event(), context)["complete"] is True  # again: harmless
 
 
-def test_tasks_in_flight_make_the_commit_wait(deployment_env: Queues, run: Run, context: FakeContext) -> None:
+def test_tasks_neither_done_nor_dead_refuse_the_commit(deployment_env: Queues, run: Run, context: FakeContext) -> None:
     for task in run.tasks[1:]:
         fake_execute(task)
     TaskQueue(deployment_env.url).enqueue(run.tasks[:1])
-    with pytest.raises(TasksPending, match=r"1 of 12 tasks not done yet, 1 messages queued or in flight") as err:
+    with pytest.raises(TasksPending, match=r"1 of 12 tasks neither done nor dead-lettered yet") as err:
         commit.handler(run.commit_event(), context)
     assert "\n" not in str(err.value)
     assert S.committed_bins(run.spec.store) == []
 
 
-def test_drained_queue_with_missing_tasks_fails_the_run(deployment_env: Queues, run: Run, context: FakeContext) -> None:
+def test_dead_lettered_tasks_fail_the_run_naming_them(deployment_env: Queues, run: Run, context: FakeContext) -> None:
     for task in run.tasks[2:]:
         fake_execute(task)
-    run.state.mark_failed(TaskResult(task_id=run.tasks[0].task_id, status="failed", attempts=6, error="RuntimeError: x"))
+    for task in run.tasks[:2]:
+        run.state.mark_failed(TaskResult(task_id=task.task_id, status="failed", attempts=6, error="RuntimeError: x"))
+        run.state.mark_dead(task.task_id, receive_count=6, final=True, error="RuntimeError: x")
     with pytest.raises(RunIncomplete) as err:
         commit.handler(run.commit_event(), context)
     message = str(err.value)
     assert "\n" not in message
-    assert f"run {run.run_id}: 2 of 12 tasks missing (1 failed)" in message
+    assert f"run {run.run_id}: 2 of 12 tasks missing (2 failed)" in message
     assert f"their list is in {run.state.manifest_uri}" in message
+    assert f"dead-lettered: {', '.join(sorted(t.task_id for t in run.tasks[:2]))};" in message
+    assert f"`cubeless redrive {run.run_id}`" in message
     assert S.committed_bins(run.spec.store) == []

@@ -45,7 +45,7 @@ def test_plans_enqueues_and_returns_a_small_record(
     monkeypatch.setattr(planner, "prepare_run", fake_prepare(run, seen=seen))
     event = {"spec": spec_doc(f"s3://{BUCKET}/hx.zarr"), "lanes": 3}
     out = planner.handler(event, context)
-    assert out["lanes"] == [0, 1, 2]
+    assert out["progress"] == {"round": 0, "done": 0, "dead": 0, "stalled": 0, "complete": False, "lanes": [0, 1, 2]}
     assert out["run"]["run_id"] == run.run_id and out["run"]["lanes"] == 3
     assert out["run"]["tasks_uri"] == run.state.tasks_uri
     assert parse_spec(out["spec"]) == parse_spec(event["spec"])
@@ -59,10 +59,12 @@ def test_plans_enqueues_and_returns_a_small_record(
 
 def test_lanes_default_and_cap(deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "prepare_run", fake_prepare(run))
-    assert planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)["lanes"] == [0, 1, 2, 3]  # CUBELESS_LANES=4
-    assert len(planner.handler({"spec": spec_doc(f"s3://{BUCKET}/hx.zarr"), "lanes": 50}, context)["lanes"]) == 8  # max 8
+    assert planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)["progress"]["lanes"] == [0, 1, 2, 3]  # CUBELESS_LANES=4
+    assert len(planner.handler({"spec": spec_doc(f"s3://{BUCKET}/hx.zarr"), "lanes": 50}, context)["progress"]["lanes"]) == 8  # max 8
     monkeypatch.setattr(planner, "prepare_run", fake_prepare(run, todo=2))
-    assert planner.handler({"spec": spec_doc(f"s3://{BUCKET}/hx.zarr"), "lanes": 50}, context)["lanes"] == [0, 1]
+    out = planner.handler({"spec": spec_doc(f"s3://{BUCKET}/hx.zarr"), "lanes": 50}, context)
+    assert out["progress"]["lanes"] == [0, 1] and out["progress"]["done"] == 10
+    assert out["run"]["lanes"] == 8  # later rounds: at most 8, at most one per task left
 
 
 def test_resumed_run_with_nothing_left_goes_straight_to_commit(
@@ -70,13 +72,13 @@ def test_resumed_run_with_nothing_left_goes_straight_to_commit(
 ) -> None:
     monkeypatch.setattr(planner, "prepare_run", fake_prepare(run, todo=0))
     out = planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)
-    assert out["lanes"] == [] and out["run"]["run_id"] == run.run_id
+    assert out["progress"]["lanes"] == [] and out["run"]["run_id"] == run.run_id
 
 
 def test_up_to_date_cube_returns_no_run(deployment_env: Queues, context: FakeContext, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "prepare_run", lambda spec, **kw: Prepared(None, [], 0, False, 0.0))
     out = planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)
-    assert out["run"] is None and out["lanes"] == []
+    assert out["run"] is None and out["progress"]["lanes"] == []
     assert TaskQueue(deployment_env.url).depth().total == 0
 
 
@@ -88,3 +90,12 @@ def test_scheduled_input_plans_complete_months_only(
     doc = {**spec_doc(f"s3://{BUCKET}/hx.zarr"), "end": "2099-12-31"}
     planner.handler({"spec": doc, "as_of": "2025-07-03T06:00:00Z"}, context)
     assert seen["spec"].end == date(2025, 6, 30)
+
+
+def test_a_resumed_run_forgets_the_dead_markers_of_the_tasks_it_queues_again(
+    deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run))
+    run.state.mark_dead(run.tasks[0].task_id, receive_count=6, final=True, error="RuntimeError: x")
+    planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)
+    assert run.state.dead_ids() == set()  # `cubeless redrive`: the task gets 1 + 5 new tries

@@ -15,8 +15,6 @@ WORKER_RETRY_ERRORS = {
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
     "Lambda.SdkClientException",
-    "States.Timeout",
-    "States.TaskFailed",
 }
 #: Actions AWS offers no resource-level permission for: the only ones allowed on Resource "*".
 RESOURCE_STAR_OK = {
@@ -68,7 +66,7 @@ def test_worker_is_a_container_image_with_a_90s_timeout(synth: Synth) -> None:
             "MemorySize": 2048,
             "Architectures": ["arm64"],
             "TracingConfig": {"Mode": "Active"},
-            "Environment": {"Variables": Match.object_like({"POWERTOOLS_SERVICE_NAME": "worker", "CUBELESS_LANES": "20"})},
+            "Environment": {"Variables": Match.object_like({"POWERTOOLS_SERVICE_NAME": "worker", "CUBELESS_LANES": "900"})},
         },
     )
     worker = fn(synth, "Worker", VARIANT)
@@ -119,7 +117,7 @@ def test_every_function_has_its_own_role_and_log_group(synth: Synth) -> None:
     fns = functions(synth).values()
     roles = {json.dumps(f["Properties"]["Role"]) for f in fns}
     logs = {json.dumps(f["Properties"]["LoggingConfig"]["LogGroup"]) for f in fns}
-    assert len(fns) == len(roles) == len(logs) == 3
+    assert len(fns) == len(roles) == len(logs) == 4  # planner, worker, progress, commit
     for role in synth.resources(STACK, "AWS::IAM::Role").values():
         assert "ManagedPolicyArns" not in role["Properties"]
 
@@ -202,12 +200,17 @@ def test_functions_get_only_what_they_use(synth: Synth) -> None:
     worker = next(v for k, v in by_role.items() if k.startswith("FunctionsWorkerRole"))
     planner = next(v for k, v in by_role.items() if k.startswith("FunctionsPlannerRole"))
     commit = next(v for k, v in by_role.items() if k.startswith("FunctionsCommitRole"))
+    progress = next(v for k, v in by_role.items() if k.startswith("FunctionsProgressRole"))
     s3 = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucket"}
-    assert s3 <= worker and s3 <= planner and s3 <= commit
-    assert "sqs:SendMessage" in planner and "sqs:SendMessage" not in worker | commit
+    assert s3 <= worker and s3 <= planner and s3 <= commit and s3 <= progress
+    assert "sqs:SendMessage" in planner and "sqs:SendMessage" not in commit | progress
+    # The worker sends only to the dead-letter queue (a failed last try is parked at once).
+    (dlq,) = [k for k, q in synth.resources(STACK, "AWS::SQS::Queue").items() if "RedrivePolicy" not in q["Properties"]]
+    sends = [st for logical, st in statements(synth, STACK) if logical.startswith("FunctionsWorkerRole") and "sqs:SendMessage" in as_list(st["Action"])]
+    assert sends and all(json.dumps(st["Resource"]) == json.dumps({"Fn::GetAtt": [dlq, "Arn"]}) for st in sends), sends
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= worker
-    assert not {"sqs:ReceiveMessage", "sqs:DeleteMessage"} & (planner | commit)
-    assert {a for a in commit if a.startswith("sqs:")} == {"sqs:GetQueueAttributes"}
+    assert not {"sqs:ReceiveMessage", "sqs:DeleteMessage"} & (planner | commit | progress)
+    assert {a for a in commit | progress if a.startswith("sqs:")} == {"sqs:GetQueueAttributes"}
     assert t  # the template was read
 
 
@@ -222,24 +225,44 @@ def test_state_machine_is_standard_logged_and_traced(synth: Synth) -> None:
     assert props["LoggingConfiguration"]["Level"] == "ALL" and props["LoggingConfiguration"]["IncludeExecutionData"] is True
 
 
-def test_lanes_are_a_distributed_map_of_worker_loops(synth: Synth) -> None:
+def _walk(states: dict) -> list[tuple[str, dict]]:
+    out = []
+    for name, st in states.items():
+        out.append((name, st))
+        if "ItemProcessor" in st:
+            out += _walk(st["ItemProcessor"]["States"])
+    return out
+
+
+def test_rounds_of_a_distributed_map_of_short_worker_lanes(synth: Synth) -> None:
     d = definition(synth.templates[STACK])
-    lanes = d["States"]["Lanes"]
-    assert lanes["Type"] == "Map" and lanes["ItemsPath"] == "$.lanes"
-    assert lanes["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
-    assert lanes["MaxConcurrency"] == 100
-    assert isinstance(lanes["ToleratedFailurePercentage"], (int, float)) and lanes["ToleratedFailurePercentage"] == 100.0
-    inner = lanes["ItemProcessor"]["States"]
+    states = d["States"]
+    workers = states["Workers"]
+    assert workers["Type"] == "Map" and workers["ItemsPath"] == "$.progress.lanes"
+    assert workers["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert workers["MaxConcurrency"] == 1000
+    assert isinstance(workers["ToleratedFailurePercentage"], (int, float)) and workers["ToleratedFailurePercentage"] == 100.0
+    inner = workers["ItemProcessor"]["States"]
     work = inner["Work"]
     assert work["TimeoutSeconds"] == 90 and work["Resource"].endswith(":function:" + next(iter(k for k in functions(synth) if k.startswith("FunctionsWorker"))))
     (retry,) = work["Retry"]
     assert retry["MaxAttempts"] == 5 and retry["BackoffRate"] == 2 and retry["JitterStrategy"] == "FULL"
-    assert set(retry["ErrorEquals"]) == WORKER_RETRY_ERRORS
+    assert set(retry["ErrorEquals"]) == WORKER_RETRY_ERRORS  # Lambda service errors only: tasks never raise
+    assert work["Catch"][0]["ErrorEquals"] == ["States.ALL"] and inner[work["Catch"][0]["Next"]]["Type"] == "Succeed"
     choice = inner[work["Next"]]
-    assert choice["Type"] == "Choice" and choice["Default"] == "Work"
-    targets = {c["Variable"]: inner[c["Next"]]["Type"] for c in choice["Choices"]}
-    assert targets == {"$.work.drained": "Succeed", "$.work.idle": "Wait"}
-    variant = definition(synth.templates[VARIANT])["States"]["Lanes"]
+    assert choice["Type"] == "Choice" and choice["Choices"] == [{"Variable": "$.more", "BooleanEquals": True, "Next": "Work"}]
+    assert inner[choice["Default"]] == {"Type": "Succeed", "OutputPath": "$.lane", "Comment": inner[choice["Default"]]["Comment"]}
+    # The round loop: Workers -> Progress -> Complete? -> (Next round -> Workers | Commit).
+    assert workers["Next"] == "Progress" and states["Progress"]["ResultPath"] == "$.progress"
+    assert states["Progress"]["Catch"][0]["ErrorEquals"] == ["RunStalled"]
+    complete = states[states["Progress"]["Next"]]
+    assert complete["Choices"] == [{"Variable": "$.progress.complete", "BooleanEquals": True, "Next": "Commit"}]
+    wait = states[complete["Default"]]
+    assert wait == {"Type": "Wait", "Seconds": 10, "Next": "Workers", "Comment": wait["Comment"]}
+    # No per-task loop in the parent: the only cycle goes through the Map (one round, many tasks).
+    into = {n for n, st in states.items() if st.get("Next") == "Workers" or st.get("Default") == "Workers"}
+    assert into == {"Next round", "Anything to do?"} and states["Anything to do?"]["Default"] == "Workers"
+    variant = definition(synth.templates[VARIANT])["States"]["Workers"]
     assert variant["MaxConcurrency"] == 10 and variant["ToleratedFailurePercentage"] == 12.5
 
 
@@ -248,8 +271,7 @@ def test_plan_and_commit_fail_with_a_one_line_cause(synth: Synth) -> None:
     assert states["Plan"]["Catch"][0]["ErrorEquals"] == ["SpecError", "PlanError", "ConfigError"]
     assert states["Anything to do?"]["Choices"][0] == {"Variable": "$.run", "IsNull": True, "Next": "Up to date"}
     commit = states["Commit"]
-    pending = next(r for r in commit["Retry"] if r["ErrorEquals"] == ["TasksPending"])
-    assert pending["MaxAttempts"] >= 5 and pending["JitterStrategy"] == "FULL"
+    assert not any("TasksPending" in r["ErrorEquals"] for r in commit["Retry"])  # judged once, when every task is settled
     assert commit["Catch"][0]["ErrorEquals"] == ["RunIncomplete", "TasksPending"]
     explain = states[commit["Catch"][0]["Next"]]
     assert explain["Parameters"]["cause.$"] == "States.StringToJson($.error.Cause)"
@@ -266,7 +288,7 @@ def test_definition_passes_asl_validator(synth: Synth, tmp_path: Path) -> None:
         p = tmp_path / f"{stack}.asl.json"
         d = definition(synth.templates[stack])
         if stack == VARIANT:  # asl-validator's schema wants an integer; AWS takes 12.5
-            d["States"]["Lanes"]["ToleratedFailurePercentage"] = 12
+            d["States"]["Workers"]["ToleratedFailurePercentage"] = 12
         p.write_text(json.dumps(d))
         paths += ["--json-path", str(p)]
     out = subprocess.run([str(validator), *paths], capture_output=True, text=True, timeout=60)
