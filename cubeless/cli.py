@@ -89,12 +89,19 @@ def _main(
 
 @app.command()
 def validate(spec: SpecArg) -> None:
-    """Check a spec without touching the catalog or the store."""
+    """Check a spec (and the AOI file it references) without touching the catalog or the store."""
+    from .grid import cube_geobox, spec_region, tile_shape
     from .spec import load_spec
 
-    s = _guard(lambda: load_spec(spec))
-    out.print(f"[green]ok[/] {s.name}: {len(s.bands)} band(s), {s.crs} at {s.resolution:g}, chunk {s.chunk}, "
-              f"{s.start} .. {s.end} by {s.interval}, store {s.store}", highlight=False)
+    def body():  # noqa: ANN202
+        s = load_spec(spec)
+        geobox = cube_geobox(s, spec_region(s))  # reads and checks the AOI file, as plan and run do
+        return s, geobox.shape.yx, tile_shape(geobox, s.chunk)
+
+    s, (h, w), (ty, tx) = _guard(body)
+    out.print(f"[green]ok[/] {s.name}: {len(s.bands)} band(s), {w} x {h} px (width x height) in {tx} x {ty} tiles, "
+              f"{s.crs} at {s.resolution:g}, chunk {s.chunk}, {s.start} .. {s.end} by {s.interval}, store {s.store}",
+              highlight=False)
 
 
 @app.command()
@@ -138,6 +145,10 @@ def _plan_table(summary: dict) -> Table:
                             f"{rows['resolution']:g}, chunk {rows['chunk']}")
         elif k == "bins":
             v = f"{rows['first_bin']} .. {rows['last_bin']} ({v})" if v else "none (all committed)"
+        elif k == "empty_bins":
+            if not v:
+                continue
+            k, v = "[yellow]bins without scenes", f"{', '.join(v)} (committed with count 0 everywhere)"
         elif k.endswith("bytes") and isinstance(v, (int, float)):
             v = _human_bytes(v)
         table.add_row(k.replace("_", " "), str(v))
@@ -233,6 +244,9 @@ def _summary(outcome) -> None:  # noqa: ANN001
         table.add_row("done before this invocation", str(outcome.prepared.already_done))
     table.add_row("attempts retried", str(pool.retried))
     table.add_row("scenes used", str(len(m.items_used)))
+    if outcome.prepared.empty_bins:
+        table.add_row("[yellow]bins without scenes", f"{', '.join(outcome.prepared.empty_bins)} "
+                      "(committed, count 0 everywhere: the catalog had none, or max_cloud_cover left none)")
     table.add_row("wall time", f"{outcome.seconds:.1f} s")
     if pool.done:
         secs = sorted(r.seconds for r in pool.done)

@@ -502,3 +502,25 @@ def land_tiles(geobox: GeoBox, chunk: int, region: BaseGeometry | None = None) -
     how conservative the land test is.
     """
     return select_tiles(geobox, chunk, region).tiles()
+
+
+#: Tiles whose footprints are computed at once by :func:`count_tiles` (bounds its memory: about
+#: 300 B per tile of a lon/lat grid, 1.5 KB of a projected one).
+COUNT_BLOCK_TILES = 131_072
+
+
+def count_tiles(geobox: GeoBox, chunk: int, region: BaseGeometry | None = None, *, stop_above: int | None = None) -> int:
+    """How many tiles :func:`select_tiles` would select, computed in blocks of tile rows (memory
+    bounded by :data:`COUNT_BLOCK_TILES`, whatever the grid's size); with ``stop_above`` it stops
+    as soon as the count exceeds it and returns the count so far (a lower bound, > ``stop_above``).
+    """
+    ny, _ = geobox.shape.yx
+    nty, ntx = tile_shape(geobox, chunk)
+    rows = max(1, COUNT_BLOCK_TILES // max(1, ntx))
+    total = 0
+    for r0 in range(0, nty, rows):
+        sub = geobox[r0 * chunk : min(ny, (r0 + rows) * chunk), :]
+        total += int(select_tiles(sub, chunk, region).index.size)
+        if stop_above is not None and total > stop_above:
+            break
+    return total

@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import shapely
@@ -36,8 +36,8 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from .errors import PlanError
-from .grid import cube_geobox, grid_of, spec_region
-from .land import TileSelection, select_tiles
+from .grid import cube_geobox, grid_of, spec_region, tile_shape
+from .land import TileSelection, count_tiles, select_tiles
 from .models import Grid, RunRecord, Task, Tile, run_id_for
 from .search import SearchStats, bins_datetime, cloud_ok, search_items
 from .spec import CubeSpec
@@ -484,15 +484,29 @@ def make_plan(
     run_id = run_id_for(spec, bins)
 
     t = time.perf_counter()
+
+    def too_many(n_tiles: int, *, at_least: bool = False) -> PlanError:
+        return PlanError(
+            f"the plan has {'at least ' if at_least else ''}{n_tiles * len(bins):,} tasks ({n_tiles:,} land tiles x "
+            f"{len(bins)} bins), over max_tasks {max_tasks:,}; split the spec (smaller bbox/aoi or date range) "
+            "or raise max_tasks"
+        )
+
+    nty, ntx = tile_shape(geobox, spec.chunk)
+    if bins and nty * ntx * len(bins) > max_tasks:
+        # The grid's tiles x bins bound the task count from above; past max_tasks, count the land
+        # tiles in blocks first (bounded memory) and refuse as soon as the count passes the limit,
+        # before footprints of the whole grid (18 GB for the world at 10 m) are computed.
+        allowed = max_tasks // len(bins)
+        counted = count_tiles(geobox, spec.chunk, region, stop_above=allowed)
+        if counted > allowed:
+            raise too_many(counted, at_least=True)
     sel = select_tiles(geobox, spec.chunk, region)
+    if len(sel.index) * len(bins) > max_tasks:
+        raise too_many(len(sel.index))
     tiles = sel.tiles()
     timings["land"] = time.perf_counter() - t
     n_tasks = len(tiles) * len(bins)
-    if n_tasks > max_tasks:
-        raise PlanError(
-            f"the plan has {n_tasks:,} tasks ({len(tiles):,} land tiles x {len(bins)} bins), over max_tasks "
-            f"{max_tasks:,}; split the spec (smaller bbox/aoi or date range) or raise max_tasks"
-        )
     if not bins or not tiles:
         return Plan(
             spec=spec, grid=grid, bins=bins, t0=t0, tiles_total=sel.tiles_total, tiles=tiles, items=[], tasks=[],
@@ -694,6 +708,18 @@ def _pair_bytes(
     return np.where(sized[ii], scene_bytes[ii] * share, per_m2 * tile_m2[ti] * cover)
 
 
+def empty_bins(tasks: Iterable[Task]) -> list[str]:
+    """Labels of the bins no task has a scene for (one pass: the task list may be streamed).
+
+    Such a bin is still committed (every pixel's count is 0), and plan and run say so: the
+    catalog may have had no scene yet, or the spec's filters (``max_cloud_cover``) left none.
+    """
+    has_scenes: dict[str, bool] = {}
+    for t in tasks:
+        has_scenes[t.bin.label] = has_scenes.get(t.bin.label, False) or bool(t.items)
+    return sorted(label for label, any_scene in has_scenes.items() if not any_scene)
+
+
 def plan_summary(plan: Plan) -> dict[str, Any]:
     """A flat, JSON-friendly summary of a plan (what ``cubeless plan`` prints): numbers stay numbers."""
     tb = np.asarray(plan.task_bytes, dtype=np.float64)
@@ -715,6 +741,7 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
         "tiles_on_land": len(plan.tiles),
         "tasks": len(plan.tasks),
         "empty_tasks": plan.scenes.empty_tasks,
+        "empty_bins": empty_bins(plan.tasks),  #: labels of bins without any scene (committed, count 0)
         "scenes_found": plan.items_found,
         "scenes_used": len(plan.items),
         "scenes_per_task_min": plan.scenes.min,

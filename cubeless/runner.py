@@ -251,6 +251,7 @@ class Prepared:
     already_done: int
     resumed: bool
     plan_seconds: float
+    empty_bins: tuple[str, ...] = ()  #: labels of the run's bins without any scene (committed with count 0)
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,10 @@ def prepare_run(
         resumed = False
     done = state.done_ids()
     todo = [t for t in tasks if t.task_id not in done]
-    return Prepared(record, todo, len(tasks) - len(todo), resumed, time.perf_counter() - t0)
+    from .plan import empty_bins
+
+    return Prepared(record, todo, len(tasks) - len(todo), resumed, time.perf_counter() - t0,
+                    empty_bins=tuple(empty_bins(tasks)))
 
 
 def run_local(

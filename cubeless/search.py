@@ -76,6 +76,15 @@ class _Retry(Retry):
 
     RETRY_AFTER_STATUS_CODES = RETRY_STATUSES | Retry.RETRY_AFTER_STATUS_CODES
 
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # noqa: ANN001, ANN206
+        # A host that does not exist (EAI_NONAME: "Name or service not known") stays so: fail at
+        # once instead of after ~35 s of retries. "Temporary failure in name resolution" is retried.
+        from urllib3.exceptions import MaxRetryError, NameResolutionError
+
+        if isinstance(error, NameResolutionError) and "Temporary failure" not in str(error):
+            raise MaxRetryError(_pool, url, error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
 
 @dataclass(frozen=True)
 class SearchOptions:
@@ -135,6 +144,11 @@ def _reason(err: Exception) -> str:
     return text.splitlines()[0][:120] if text else err.__class__.__name__
 
 
+def _after(err: Exception, retries: int) -> str:
+    """" after N retries", except for a host that does not exist (not retried: see _Retry)."""
+    return "" if "Name or service not known" in str(err) else f" after {retries} retries"
+
+
 def _server_message(err: Exception) -> str:
     text = str(err).strip().replace("\n", " ")
     try:
@@ -163,7 +177,7 @@ def open_client(url: str, options: SearchOptions = SearchOptions()) -> "Client":
                 "(e.g. https://earth-search.aws.element84.com/v1)"
             ) from None
         raise PlanError(
-            f"STAC API {url} is unreachable ({_reason(err)} after {options.retries} retries); "
+            f"STAC API {url} is unreachable ({_reason(err)}{_after(err, options.retries)}); "
             "check `stac_api` in the spec and your network"
         ) from None
     except Exception as err:  # JSON or STAC parse errors: the URL is not a STAC API root
@@ -394,7 +408,7 @@ class _Walker:
                     r = self._session().get(href, timeout=(o.connect_timeout, o.read_timeout))
             except requests.RequestException as err:
                 raise PlanError(
-                    f"STAC API {self.url} search failed ({_reason(err)} after {o.retries} retries); retry later "
+                    f"STAC API {self.url} search failed ({_reason(err)}{_after(err, o.retries)}); retry later "
                     "or check the API status"
                 ) from None
             if r.status_code in TOO_BIG_STATUSES:

@@ -104,9 +104,11 @@ def test_cli_run_validate_plan(tmp_path, stac_url):
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
     assert summary["tasks"] == 18 and summary["scenes_found"] == 20
+    assert summary["empty_bins"] == ["2024-06-01"]  # the demo has no June scenes
     assert not Path(doc["store"]).exists(), "plan must not write anything"
     r = subprocess.run([*CLI, "run", str(path), "--local", "--workers", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "COMPLETE" in r.stdout
+    assert "bins without scenes" in r.stdout and "2024-06-01" in r.stdout, r.stdout
     m = subprocess.run([*CLI, "manifest", doc["store"]], capture_output=True, text=True)
     assert json.loads(m.stdout)["complete"] is True

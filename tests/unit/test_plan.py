@@ -416,6 +416,7 @@ def test_plan_summary_and_run_record():
     assert s["estimated_bytes"] == plan.estimated_bytes
     assert (s["width"], s["height"]) == (plan.grid.width, plan.grid.height) and s["bins"] == len(plan.bins) == 3
     assert (s["first_bin"], s["last_bin"]) == (plan.bins[0].label, plan.bins[-1].label)
+    assert s["empty_bins"] == ["2020-02-01", "2020-03-01"]  # the one scene is January's
     assert json.loads(json.dumps(s)) == s  # numbers as numbers, no str() fallback needed
     rec = record_for(plan, tasks_uri="/tmp/vt.zarr/_cubeless/runs/x/tasks.ndjson")
     assert rec.task_count == 144 and rec.tiles_on_land == 48 and rec.items_found == 1 and rec.run_id == plan.run_id

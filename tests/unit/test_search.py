@@ -285,6 +285,26 @@ def test_unreachable_api_is_one_line_plan_error():
     assert time.monotonic() - t < 10
 
 
+@pytest.mark.parametrize("gai_error, lookups", [
+    ((socket.EAI_NONAME, "Name or service not known"), 1),  # the host does not exist: no retry
+    ((socket.EAI_AGAIN, "Temporary failure in name resolution"), 3),  # a DNS hiccup: retried
+])
+def test_an_unresolvable_host_is_not_retried(monkeypatch, gai_error, lookups):
+    calls = []
+
+    def getaddrinfo(host, *a, **k):
+        calls.append(host)
+        raise socket.gaierror(*gai_error)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(PlanError) as e:
+        search_items(spec_for("http://no-such-host.invalid/v1"), options=SearchOptions(retries=2, backoff=0.01, jitter=0))
+    assert calls.count("no-such-host.invalid") == lookups, calls
+    msg = str(e.value)
+    assert "is unreachable" in msg and "no-such-host.invalid" in msg and "check `stac_api`" in msg
+    assert ("retries" in msg) == (lookups > 1), msg
+
+
 def test_plan_with_real_search(rustac):
     spec = spec_for(rustac, resolution=0.005, chunk=64)  # 460 x 380 px, 8 x 6 tiles of 0.32 degree
     plan = make_plan(spec)
