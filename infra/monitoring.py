@@ -26,7 +26,8 @@ def task_metric(name: str, *, statistic: str = "Sum", label: str | None = None) 
 class Monitoring(Construct):
     """Dashboard and alarms.
 
-    :ivar dashboard: tasks done/failed, worker duration p50/p95, concurrency, queue and DLQ depth, runs.
+    :ivar dashboard: tasks done/failed, worker duration p50/p95, concurrency, queue and DLQ depth,
+        worker calls, dead-lettered tasks and rounds, runs.
     :ivar dlq_alarm: any message in the dead-letter queue.
     :ivar failed_runs_alarm: any failed, timed-out or aborted execution.
     """
@@ -107,6 +108,17 @@ class Monitoring(Construct):
                     queue.metric_approximate_number_of_messages_not_visible(period=Duration.minutes(1), statistic="Maximum", label="in flight"),
                 ],
                 right=[dlq_depth.with_(label="dead-lettered")],
+                width=12,
+            ),
+        )
+        self.dashboard.add_widgets(
+            cw.GraphWidget(
+                title="Worker calls, dead-lettered tasks, rounds (per 5 min)",
+                left=[task_metric("WorkerCalls", label="worker calls"), task_metric("TasksDeadLettered", label="dead-lettered")],
+                right=[
+                    cw.Metric(namespace=NAMESPACE, metric_name="RunRounds", dimensions_map={"service": "progress"}, statistic="Sum",
+                              period=PERIOD, label="rounds (progress steps)")
+                ],
                 width=12,
             ),
         )

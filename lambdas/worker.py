@@ -33,17 +33,20 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from cubeless import fs
 from cubeless.aws import Received
+from cubeless.cost import MAX_CALLS_PER_LANE as _MAX_CALLS
+from cubeless.cost import WORKER_RESERVE_SECONDS
 from cubeless.execute import execute_task
 from cubeless.models import TaskResult
 from cubeless.state import RunState
 from lambdas.env import dead_letter_queue, deployment, queue
 from lambdas.observability import logger, metrics, tracer
 
-#: Stop taking tasks when less than this is left of the invocation's time (s).
-RESERVE_SECONDS = 15.0
+#: Stop taking tasks when less than this is left of the invocation's time (s); the cost model
+#: and the simulation use the same figures (cubeless.cost).
+RESERVE_SECONDS = WORKER_RESERVE_SECONDS
 #: Invocations per lane (child execution) before it returns to the parent: ~8 history events
 #: each, so a lane's history stays near 100 events, far below Standard's 25,000.
-MAX_CALLS_PER_LANE = 10
+MAX_CALLS_PER_LANE = _MAX_CALLS
 SKIPPED = "skipped"
 
 

@@ -324,7 +324,7 @@ def test_dashboard_and_alarms(synth: Synth) -> None:
     t = synth.templates[STACK]
     (dash,) = synth.resources(STACK, "AWS::CloudWatch::Dashboard").values()
     body = render(dash["Properties"]["DashboardBody"], t)
-    for needle in ('"cubeless","TasksDone"', '"cubeless","TasksFailed"', '"stat":"p50"', '"stat":"p95"', "ConcurrentExecutions", "ApproximateNumberOfMessagesVisible"):
+    for needle in ('"cubeless","TasksDone"', '"cubeless","TasksFailed"', '"cubeless","WorkerCalls"', '"cubeless","TasksDeadLettered"', '"cubeless","RunRounds"', '"stat":"p50"', '"stat":"p95"', "ConcurrentExecutions", "ApproximateNumberOfMessagesVisible"):
         assert needle in body, needle
     alarms = synth.resources(STACK, "AWS::CloudWatch::Alarm").values()
     dlq = next(a["Properties"] for a in alarms if a["Properties"].get("MetricName") == "ApproximateNumberOfMessagesVisible")

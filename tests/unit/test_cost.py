@@ -12,9 +12,12 @@ from cubeless.cost import (
     CONTROL_MEMORY_MB,
     IDLE_INVOCATION_SECONDS,
     PRICES,
-    TRANSITIONS_PER_LANE,
+    PROGRESS_INVOCATION_SECONDS,
+    PROGRESS_MEMORY_MB,
     TRANSITIONS_PER_RUN,
     estimate_cost,
+    run_shape,
+    tasks_per_call,
     lambda_task_seconds,
     lambda_vcpus,
 )
@@ -22,13 +25,20 @@ from cubeless.models import CostEstimate
 
 
 def test_hand_computed_run():
-    est = estimate_cost(10.0, 1000, 2048, lanes=10, idle_polls_per_lane=0)
+    # 10 s tasks: a call takes tasks at 90, 80, ..., 20 s left (8 of them), then 10 s < the 15 s reserve.
+    assert tasks_per_call(10.0) == 8
+    est = estimate_cost(10.0, 1000, 2048, lanes=10)
     assert isinstance(est, CostEstimate)
+    # 1,000 tasks / 8 = 125 calls; 10 lanes x 10 calls = 100 per round -> 2 rounds, 13 children;
+    # in the last round 25 calls work and the lanes without work make one (empty) call: none here.
+    shape = run_shape(10.0, 1000, 10)
+    assert (shape.calls, shape.lanes_used, shape.children, shape.rounds) == (125, 10, 13, 2)
     control_gbs = CONTROL_MEMORY_MB / 1024 * CONTROL_INVOCATION_SECONDS * 2
-    gbs = 2.0 * 10.0 * 1000 + 2.0 * IDLE_INVOCATION_SECONDS * 10 + control_gbs
+    progress_gbs = PROGRESS_MEMORY_MB / 1024 * PROGRESS_INVOCATION_SECONDS * 2
+    gbs = 2.0 * 10.0 * 1000 + 2.0 * IDLE_INVOCATION_SECONDS * 10 + control_gbs + progress_gbs
     assert est.gb_seconds == pytest.approx(gbs)
-    assert est.requests == 1000 + 10 + 2
-    assert est.state_transitions == 2 * 1000 + 10 * TRANSITIONS_PER_LANE + TRANSITIONS_PER_RUN
+    assert est.requests == 125 + 2 + 2  # worker calls, progress per round, planner and commit
+    assert est.state_transitions == 2 * 125 + 13 + 4 * 2 - 1 + TRANSITIONS_PER_RUN
     lam = gbs * 0.0000133334 + est.requests * 0.20 / 1e6
     sfn = est.state_transitions * 0.025 / 1000
     assert est.lambda_usd == pytest.approx(lam, abs=1e-6)
@@ -37,16 +47,21 @@ def test_hand_computed_run():
     assert est.usd_per_1000_tasks == pytest.approx((lam + sfn), abs=1e-5)
 
 
+def test_a_call_holds_many_short_tasks_and_one_long_one():
+    assert [tasks_per_call(t) for t in (1.0, 5.0, 30.0, 50.0, 80.0)] == [75, 15, 2, 1, 1]
+    assert tasks_per_call(0.0) > 1000  # empty bins: only the receive, the markers and the delete
+
+
 def test_per_task_cost_is_about_linear_in_seconds_and_memory():
     a = estimate_cost(5.0, 100_000, 2048)
-    b = estimate_cost(10.0, 100_000, 2048)
     c = estimate_cost(5.0, 100_000, 4096)
-    # the Lambda part doubles; the fixed transitions per task do not
-    assert (b.lambda_usd) / a.lambda_usd == pytest.approx(2.0, rel=0.01)
+    b = estimate_cost(10.0, 100_000, 2048)
+    assert b.lambda_usd / a.lambda_usd == pytest.approx(2.0, rel=0.01)
     assert c.lambda_usd / a.lambda_usd == pytest.approx(2.0, rel=0.01)
-    assert b.step_functions_usd == a.step_functions_usd
-    # two transitions per task dominate the Step Functions bill: $0.05 per 1,000 tasks
-    assert a.step_functions_usd / 100 == pytest.approx(0.05, rel=0.01)
+    # Step Functions at 5 s per task: 15 tasks per call, ~140 transitions per 1,000 tasks, under $0.005
+    # (the per-task loop this replaced: $0.050); a 1,000,000-task run the same per task.
+    assert a.step_functions_usd / 100 == pytest.approx(0.0035, rel=0.03)
+    assert estimate_cost(5.0, 1_000_000, 2048).step_functions_usd / 1000 == pytest.approx(0.0035, rel=0.03)
 
 
 def test_a_sample_of_durations_is_scaled_to_the_run():
@@ -67,7 +82,7 @@ def test_x86_costs_more_than_arm():
 
 def test_no_tasks_costs_the_control_functions_only():
     est = estimate_cost(10.0, 0, 2048)
-    assert est.requests == 2 and est.usd_per_1000_tasks == 0.0
+    assert est.requests == 2 and est.usd_per_1000_tasks == 0.0  # no round, no worker call
     assert est.state_transitions == TRANSITIONS_PER_RUN
 
 
