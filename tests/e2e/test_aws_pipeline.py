@@ -61,7 +61,7 @@ def test_the_pipeline_builds_the_local_runners_cube(stage: H.Stage, utm_doc: dic
     assert stage.worker_errors(mark) == []
     calls = [i.result for i in emu.dispatcher.calls("worker", mark)]
     assert all(c["run_id"] == run_id and 1 <= c["calls"] <= 10 and c["lane"] in range(lanes) for c in calls), calls
-    assert sum(1 for c in calls if c["drained"]) >= lanes  # every lane ended on an empty queue at least once
+    assert len(calls) > lanes  # a call takes 1-2 tasks here (the harness's 17 s context): lanes make several calls
     assert not any(c["more"] for c in calls if c["calls"] == 10)  # a lane returns to the parent after 10 calls
     rounds = [i.result for i in emu.dispatcher.calls("progress", mark)]
     assert rounds and rounds[-1]["complete"] is True and rounds[-1]["done"] == 18 and rounds[-1]["dead"] == 0, rounds
