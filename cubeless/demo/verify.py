@@ -1,7 +1,8 @@
 """Compare a cube built from the synthetic scene set with the analytic truth (demo and e2e tests).
 
-Independent of the code under test: reads the store with xarray and computes the expectation
-with :mod:`cubeless.demo.synthetic` only. Usage::
+Independent of the code under test: reads the store with xarray, computes the expectation with
+:mod:`cubeless.demo.synthetic` only, and derives each time step's bin [start, end) from the
+calendar itself (:func:`calendar_bin`), not from :mod:`cubeless.timebins`. Usage::
 
     result = compare_cube(store, scene_set, spec)
     assert result.ok, result.summary()
@@ -17,7 +18,6 @@ import numpy as np
 
 from .synthetic import SceneSet
 from ..spec import CubeSpec, parse_spec
-from ..timebins import time_bins
 
 #: Metres per degree used to express a geographic resolution in metres (an upper bound).
 M_PER_DEG = 111_700.0
@@ -72,6 +72,25 @@ class CubeComparison:
         return "\n".join(lines)
 
 
+def calendar_bin(start: date, interval: str) -> tuple[date, date] | str:
+    """The calendar bin [start, end) that begins on ``start``, or why no bin of ``interval`` does.
+
+    Written apart from :mod:`cubeless.timebins` on purpose (this module checks that code): weeks
+    are ISO weeks (Monday to Monday), months/quarters/years begin on the 1st of their first month.
+    """
+    if interval == "week":
+        if start.isoweekday() != 1:
+            return f"{start} is a {start:%A}, not the Monday a week bin starts on"
+        return start, date.fromordinal(start.toordinal() + 7)
+    months = {"month": 1, "quarter": 3, "year": 12}.get(interval)
+    if months is None:
+        return f"unknown interval {interval!r}"
+    if start.day != 1 or (start.month - 1) % months:
+        return f"{start} is not the first day of a {interval}"
+    year, month0 = divmod(start.month - 1 + months, 12)
+    return start, date(start.year + year, month0 + 1, 1)
+
+
 def _as_date(v: Any) -> date:
     return date.fromisoformat(str(np.datetime_as_string(np.datetime64(v, "D"))))
 
@@ -98,17 +117,24 @@ def compare_cube(
             problems.append(f"variable {name!r} missing from the cube (has {sorted(ds.data_vars)})")
     if problems:
         return CubeComparison(bins=(), problems=tuple(problems))
-    bins = {b.start: b for b in time_bins(spec.start, spec.end, spec.interval)}
     xx, yy = np.meshgrid(ds[xdim].values, ds[ydim].values)
+    bnds = ds["time_bnds"].values if "time_bnds" in ds else None
     out: list[BinComparison] = []
     for t, tv in enumerate(ds["time"].values):
         start = _as_date(tv)
-        tbin = bins.get(start)
-        if tbin is None:
-            problems.append(f"time step {t} ({start}) is not a bin start of the spec")
+        got_bin = calendar_bin(start, spec.interval)
+        if isinstance(got_bin, str):
+            problems.append(f"time step {t}: {got_bin}")
             continue
+        b_start, b_end = got_bin
+        if b_end <= spec.start or b_start > spec.end:
+            problems.append(f"time step {t} ({b_start} .. {b_end}) lies outside the spec's {spec.start} .. {spec.end}")
+            continue
+        if bnds is not None and (_as_date(bnds[t][0]), _as_date(bnds[t][1])) != (b_start, b_end):
+            problems.append(f"time step {t}: time_bnds {_as_date(bnds[t][0])} .. {_as_date(bnds[t][1])} "
+                            f"are not the calendar {spec.interval} {b_start} .. {b_end}")
         exp = scene_set.expected(
-            xx, yy, spec.crs, start=tbin.start, end=tbin.end, bands=spec.bands,
+            xx, yy, spec.crs, start=b_start, end=b_end, bands=spec.bands,
             scl_exclude=spec.mask.scl_exclude, max_cloud_cover=spec.max_cloud_cover, group_by_day=group_by_day,
         )
         cmp = exp.edge_m >= margin
@@ -130,7 +156,7 @@ def compare_cube(
                     f" (count {exp.count[r, c]})"
                 )
         out.append(BinComparison(
-            label=tbin.label, scenes=len(exp.scenes), compared=int(cmp.sum()), mismatches=mism,
+            label=b_start.isoformat(), scenes=len(exp.scenes), compared=int(cmp.sum()), mismatches=mism,
             max_abs_diff=maxd, valid_pixels=int(((exp.count > 0) & cmp).sum()), examples=tuple(examples[:6]),
         ))
     return CubeComparison(bins=tuple(out), problems=tuple(problems))

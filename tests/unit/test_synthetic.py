@@ -323,6 +323,12 @@ def test_reference_cube_built_with_odc_stac_matches_truth(demo: SceneSet, tmp_pa
     bad.to_zarr(store2, zarr_format=3, consolidated=True)
     worse = compare_cube(store2, demo, spec, margin_m=0.0)
     assert not worse.ok and worse.bins[0].mismatches["red"] >= 1
+    # a time step that is no calendar bin of the spec is caught too (bins come from the calendar)
+    shifted = cube.assign_coords(time=[np.datetime64("2024-05-02", "ns"), *cube["time"].values[1:]])
+    store3 = str(tmp_path / "shifted.zarr")
+    shifted.to_zarr(store3, zarr_format=3, consolidated=True)
+    off = compare_cube(store3, demo, spec)
+    assert not off.ok and "time step 0: 2024-05-02 is not the first day of a month" in off.problems, off.problems
 
 
 # -- configs, hrefs, reload -------------------------------------------------------------------
