@@ -101,10 +101,13 @@ def commit_run(
     cost: CostEstimate | None = None,
     spec: CubeSpec | None = None,
     timing_sample: int | None = 256,
+    pyramid_workers: int = 4,
 ) -> Manifest:
     """Publish run ``run_id`` in ``store`` if every planned task is done; return its manifest.
 
     ``spec`` is only needed for a run planned without tasks and without a recorded spec.
+    Before publishing, the pyramid's cross-tile levels of the new bins are reduced on a pool of
+    ``pyramid_workers`` threads (:func:`cubeless.pyramid.build_cross_levels`).
     Raises :class:`CubelessError` only for a broken run (no record, no task list, bins with a gap),
     never for an incomplete one: check ``manifest.complete``.
     """
@@ -141,7 +144,12 @@ def commit_run(
     indices = _run_indices(record.bins, info.origin, info.interval, committed, run_id)
 
     committed_bins = info.committed_bins
+    pyramid_timings: dict[str, float] = {}
     if complete and indices and indices[-1] + 1 > committed:
+        from .pyramid import build_cross_levels
+
+        # the pyramid's cross-tile levels of the new bins, before the switch that shows them
+        pyramid_timings = build_cross_levels(state.store, [i for i in indices if i >= committed], workers=pyramid_workers)
         committed_bins = cube.publish_bins(state.store, indices[-1] + 1)
     t_publish = time.perf_counter()
 
@@ -163,6 +171,7 @@ def commit_run(
             "commit_read_seconds": t_read - t0,
             "commit_list_seconds": t_list - t_read,
             "commit_publish_seconds": t_publish - t_list,
+            **pyramid_timings,
         }
     )
     failures = {k: (v.error or "failed without a message") for k, v in sorted(failed.items())[:MAX_FAILURES_LISTED]}

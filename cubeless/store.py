@@ -346,6 +346,70 @@ def _layout(
             name, shape=(0, H, W), chunks=(1, spec.chunk, spec.chunk), dtype="uint16", fill_value=0,
             dimension_names=spec.dims, attributes=attrs, **codecs,
         )
+    _level_layout(group, spec, grid)
+
+
+def _level_layout(group: "zarr.Group", spec: CubeSpec, grid: Grid) -> None:
+    """Create the reduced levels' groups and arrays the cube records (idempotent); see :mod:`cubeless.pyramid`."""
+    from .pyramid import COUNT_DTYPE, levels_of, spatial_attrs
+
+    levels = levels_of(group.attrs.get("cubeless") or {})
+    if not levels:
+        return
+    _, ydim, xdim = spec.dims
+    existing_groups = set(group.group_keys())
+    codecs = _data_codecs()
+    ya, xa = _axis_attrs(spec, grid)
+    for lv in levels:
+        shape = (lv.height, lv.width)
+        attrs = {"zarr_conventions": [c for c in _conventions() if c["name"] != "multiscales"],
+                 **spatial_attrs(grid, (ydim, xdim), factor=lv.factor, shape=shape),
+                 "cubeless:level": lv.model_dump(mode="json")}
+        g = group[lv.path] if lv.path in existing_groups else group.create_group(lv.path, attributes=attrs)
+        have = set(g.array_keys())  # type: ignore[union-attr]
+        lgrid = Grid(crs=grid.crs, transform=tuple(_level_transform(grid, lv.factor)), height=lv.height, width=lv.width)  # type: ignore[arg-type]
+        ys, xs = _coords(lgrid)
+        for name, values, a in ((ydim, ys, ya), (xdim, xs, xa)):
+            if name not in have:
+                arr = g.create_array(name, shape=values.shape, chunks=values.shape, dtype="float64",  # type: ignore[union-attr]
+                                     fill_value=float("nan"), dimension_names=(name,), attributes=a)
+                arr[:] = values
+        if SPATIAL_REF not in have:
+            ref = g.create_array(SPATIAL_REF, shape=(), dtype="int64", fill_value=0, dimension_names=(), attributes=_crs_attrs(lgrid))  # type: ignore[union-attr]
+            ref[()] = 0
+        for name in (*spec.bands, COUNT):
+            if name in have:
+                continue
+            a = dict(group[name].attrs)
+            if name == COUNT:
+                a["long_name"] = f"valid observations in the bin, summed over the {lv.factor}x{lv.factor} pixels of level 0"
+            g.create_array(  # type: ignore[union-attr]
+                name, shape=(0, lv.height, lv.width), chunks=(1, lv.chunk, lv.chunk),
+                dtype=COUNT_DTYPE if name == COUNT else "uint16", fill_value=0,
+                dimension_names=spec.dims, attributes=a, **codecs,
+            )
+
+
+def _level_transform(grid: Grid, factor: int) -> list[float]:
+    from .pyramid import level_transform
+
+    return level_transform(grid.transform, factor)
+
+
+def _conventions() -> list[dict[str, Any]]:
+    from .pyramid import CONVENTIONS
+
+    return [dict(c) for c in CONVENTIONS]
+
+
+def geozarr_attrs(spec: CubeSpec, grid: Grid, levels: list[Any]) -> dict[str, Any]:
+    """The root group's GeoZarr attributes: ``zarr_conventions``, ``proj:``, ``spatial:`` and ``multiscales``."""
+    from .pyramid import multiscales_attrs, spatial_attrs
+
+    _, ydim, xdim = spec.dims
+    out: dict[str, Any] = {"zarr_conventions": _conventions(), **spatial_attrs(grid, (ydim, xdim))}
+    out["multiscales"] = multiscales_attrs(grid, levels)
+    return json.loads(json.dumps(out))
 
 
 def _refuse_foreign_content(store: str) -> None:
@@ -410,6 +474,9 @@ def ensure_cube(
 
     _refuse_foreign_content(store)
     origin = bin_start(spec.start, spec.interval)
+    from .pyramid import plan_levels
+
+    levels = plan_levels(grid.height, grid.width, spec.chunk)
     cube_attrs = {
         "version": LAYOUT_VERSION,
         "grid": grid.model_dump(mode="json"),
@@ -418,6 +485,7 @@ def ensure_cube(
         "interval": spec.interval,
         "origin": origin.isoformat(),
         "dims": list(spec.dims),
+        "pyramid": {"levels": [lv.model_dump(mode="json") for lv in levels]},
     }
     from . import __version__
 
@@ -431,6 +499,7 @@ def ensure_cube(
                 "Conventions": "CF-1.8",
                 "title": spec.name,
                 "source": f"cubeless {__version__}: {spec.interval}ly median composites of {spec.collection}",
+                **geozarr_attrs(spec, grid, levels),
             },
         )
     except ContainsGroupError:  # created concurrently: verify it instead
@@ -582,10 +651,26 @@ def write_task(
                 raise r
 
     sync(_write_all())
+    from .pyramid import levels_of, write_local_levels
+
+    levels = levels_of(attrs)
+    if levels:
+        write_local_levels(group, levels, t, tile.y0, tile.x0, {b: data[b] for b in spec.bands}, data[COUNT])
     return sum(1 for a in data.values() if a.any())
 
 
 # -- publishing (the commit step) -------------------------------------------------------------------
+def _time_arrays(group: "zarr.Group") -> list[tuple[str, "zarr.Array"]]:
+    """Every array along the time axis, the pyramid levels' too (path, array)."""
+    import zarr
+
+    out: list[tuple[str, zarr.Array]] = []
+    for path, node in group.members(max_depth=None):
+        if isinstance(node, zarr.Array) and node.ndim and (node.metadata.dimension_names or (None,))[0] == "time":
+            out.append((path, node))
+    return out
+
+
 def publish_bins(store: str, length: int) -> list[TimeBin]:
     """Make time steps ``[0, length)`` visible: write the time coordinate, grow every array, then
     consolidate (the root ``zarr.json`` write switches readers atomically). Idempotent; never shrinks.
@@ -606,10 +691,9 @@ def publish_bins(store: str, length: int) -> list[TimeBin]:
         if TIME_BNDS in group:  # cubes made before time_bnds have none
             bounds = np.array([[days_since_epoch(b.start), days_since_epoch(b.end)] for b in bins], dtype=np.int64)
             _extended(group[TIME_BNDS], length, write_empty_chunks=True)[:] = bounds  # type: ignore[arg-type]
-    for name in group.array_keys():
-        arr = group[name]
-        if arr.ndim and (arr.metadata.dimension_names or (None,))[0] == "time" and arr.shape[0] != length:  # type: ignore[union-attr]
-            arr.resize((length, *arr.shape[1:]))  # type: ignore[union-attr]
+    for _path, arr in _time_arrays(group):
+        if arr.shape[0] != length:
+            arr.resize((length, *arr.shape[1:]))
     _consolidate(store)
     return bins
 

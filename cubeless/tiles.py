@@ -108,6 +108,8 @@ class MapCube:
     ydim: str
     xdim: str
     max_count: int = 1
+    #: the reduced levels of the pyramid: (level, its dataset), finest first (see cubeless.pyramid)
+    levels: list[tuple[Any, "xr.Dataset"]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- metadata --------------------------------------------------------------------------------
@@ -172,30 +174,61 @@ class MapCube:
                 raise MapError("a colormap needs one band or an expression; drop colormap or give one band")
         return Render(bands=bands, expression=base.get("expression"), rescale=(float(rescale[0]), float(rescale[1])), colormap=cmap)
 
-    def _band(self, name: str, t: int) -> "xr.DataArray":
-        da = self.ds[name].isel(time=t)
+    def _band(self, name: str, t: int, level: int = 0) -> "xr.DataArray":
+        ds = self.ds if level == 0 else self.levels[level - 1][1]
+        da = ds[name].isel(time=t)
         return da.rio.write_nodata(0)
 
-    def _reader(self, name: str, t: int) -> Any:
+    def _reader(self, name: str, t: int, level: int = 0) -> Any:
         from morecantile import tms
         from rio_tiler.io import XarrayReader
 
-        return XarrayReader(self._band(name, t), tms=tms.get(TMS_ID))
+        return XarrayReader(self._band(name, t, level), tms=tms.get(TMS_ID))
+
+    def level_for(self, z: int, x: int, y: int) -> int:
+        """The pyramid level a tile reads: the coarsest whose pixel is no larger than the tile's
+        (GDAL's choice of overview), 0 (full resolution) when the cube has no pyramid."""
+        if not self.levels:
+            return 0
+        from morecantile import tms
+        from rasterio.warp import transform_bounds
+
+        b = tms.get(TMS_ID).xy_bounds(x, y, z)
+        left, bottom, right, top = transform_bounds("EPSG:3857", self.crs, b.left, b.bottom, b.right, b.top, densify_pts=5)
+        tile_px = min(right - left, top - bottom) / TILE_SIZE
+        res0 = abs(float(self.transform.a))
+        best = 0
+        for i, (lv, _) in enumerate(self.levels, start=1):
+            if res0 * lv.factor <= tile_px * (1 + 1e-9):
+                best = i
+        return best
 
     def tile_data(self, z: int, x: int, y: int, t: int, bands: Sequence[str]) -> Any:
         """The raw DNs of ``bands`` at time step ``t`` on tile z/x/y (a rio-tiler ``ImageData``,
-        nearest resampling, masked where a band is 0)."""
+        nearest resampling, masked where a band is 0), read from the pyramid level of
+        :meth:`level_for` (``count`` of a reduced level is divided by its pixels per pixel)."""
         from rio_tiler.errors import TileOutsideBounds
         from rio_tiler.models import ImageData
 
+        from .store import COUNT
+
         t = self.time_index(t)
+        level = self.level_for(z, x, y)
         parts = []
         for b in bands:
-            with self._reader(b, t) as r:
+            with self._reader(b, t, level) as r:
                 try:
-                    parts.append(r.tile(x, y, z, tilesize=TILE_SIZE, reproject_method="nearest"))
+                    part = r.tile(x, y, z, tilesize=TILE_SIZE, reproject_method="nearest")
                 except TileOutsideBounds:
                     raise OutsideCube(f"tile {z}/{x}/{y} is outside the cube") from None
+            if b == COUNT and level:
+                # a reduced level sums count over factor**2 pixels: show observations per pixel
+                f2 = float(self.levels[level - 1][0].factor ** 2)
+                part.array = part.array.astype("float64") / f2
+            parts.append(part)
+        if len({p.array.dtype for p in parts}) > 1:
+            for p in parts:
+                p.array = p.array.astype("float64")
         img = ImageData.create_from_list(parts)
         img.band_descriptions = list(bands)
         return img
@@ -281,6 +314,7 @@ def open_map_cube(store: str) -> MapCube:
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
     from . import fs
+    from .pyramid import levels_of
     from .store import COUNT, cube_info, open_cube
 
     store = fs.normalize(store)
@@ -293,7 +327,11 @@ def open_map_cube(store: str) -> MapCube:
     xdim = {"y": "x", "latitude": "longitude", "lat": "lon"}[ydim]
     variables = tuple(v for v in ds.data_vars if ds[v].dims == ("time", ydim, xdim))
     times = tuple(b.start for b in info.committed_bins)
-    cube = MapCube(store=store, ds=ds, variables=variables, times=times, ydim=ydim, xdim=xdim)
+    levels = []
+    for lv in levels_of(ds.attrs.get("cubeless") or {}):
+        lds = open_cube(store, raw=True, group=lv.path)
+        levels.append((lv, lds.isel(time=slice(0, len(times)))))
+    cube = MapCube(store=store, ds=ds, variables=variables, times=times, ydim=ydim, xdim=xdim, levels=levels)
     if COUNT in variables and times:
         # the count colour scale: the largest count of the last step's coarse sample (cheap: strided)
         step = max(1, max(ds.sizes[ydim], ds.sizes[xdim]) // 256)
