@@ -120,3 +120,74 @@ def test_clicking_the_map_shows_the_pixels_time_series(page) -> None:  # noqa: A
     assert point["values"]["count"][0] > 0
     red_may = page.locator("#point tr[data-time] td[data-var=red]").first.inner_text()
     assert int(red_may) == point["values"]["red"][0] > 0
+
+
+def _map_pixels(page, shot: np.ndarray, n: int = 400) -> list[tuple[int, int, float, float]]:  # noqa: ANN001
+    """Up to ``n`` drawn screenshot pixels of AREA, spread out, with the lon/lat MapLibre puts there."""
+    drawn = np.argwhere(shot.sum(axis=-1) > 30)
+    picks = drawn[np.linspace(0, len(drawn) - 1, min(n, len(drawn))).astype(int)]
+    left, top = page.evaluate("() => { const r = cubeless.map.getContainer().getBoundingClientRect(); return [r.left, r.top]; }")
+    pts = [[AREA[1].start + int(x) + 0.5 - left, AREA[0].start + int(y) + 0.5 - top] for y, x in picks]
+    lonlat = page.evaluate("(pts) => pts.map((p) => { const ll = cubeless.map.unproject(p); return [ll.lng, ll.lat]; })", pts)
+    return [(int(y), int(x), lon, lat) for (y, x), (lon, lat) in zip(picks, lonlat)]
+
+
+def _cube_values(store: str, t: int, var: str, pts: list[tuple[int, int, float, float]]) -> np.ndarray:
+    from pyproj import Transformer
+    from rasterio.transform import rowcol
+
+    from cubeless.tiles import open_map_cube
+
+    cube = open_map_cube(store)
+    x, y = Transformer.from_crs("EPSG:4326", cube.crs, always_xy=True).transform([p[2] for p in pts], [p[3] for p in pts])
+    rows, cols = rowcol(cube.transform, x, y)
+    data = np.asarray(cube.ds[var][t].values)
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    # the pixel there and its 8 neighbours (shape 9 x n; index 4 is the pixel itself): the screen
+    # resamples tiles that resample the cube, each nearest, so a pixel on an edge may show a neighbour
+    return np.stack([
+        data[np.clip(rows + dy, 0, data.shape[0] - 1), np.clip(cols + dx, 0, data.shape[1] - 1)]
+        for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+    ]).astype(np.float64)
+
+
+def test_screenshot_colours_are_the_cubes_values_at_those_places(page, demo_cube: str) -> None:  # noqa: ANN001
+    from cubeless.tiles import REFLECTANCE_RANGE
+
+    _open(page, "time=0&preset=truecolor")
+    shot = _idle_shot(page)
+    pts = _map_pixels(page, shot)
+    assert len(pts) > 100
+    lo, hi = REFLECTANCE_RANGE
+    got = np.array([shot[y, x] for y, x, _, _ in pts], dtype=np.float64)
+    want = np.stack([np.clip((_cube_values(demo_cube, 0, b, pts) - lo) / (hi - lo) * 255, 0, 255)
+                     for b in ("red", "green", "blue")], axis=-1)  # 9 x n x 3
+    match = (np.abs(got[None] - want) <= 3).all(axis=-1)  # 9 x n
+    assert match[4].mean() > 0.75  # most show the very pixel under them
+    close = match.any(axis=0)  # and nearly all show it or a neighbour
+    assert close.mean() > 0.97, f"only {close.mean():.0%} of {len(pts)} screen pixels show the cube's colour there"
+    import os
+
+    if os.environ.get("CUBELESS_SCREENSHOT"):  # the README's picture: `CUBELESS_SCREENSHOT=docs/map.png pytest ...`
+        page.screenshot(path=os.environ["CUBELESS_SCREENSHOT"])
+
+
+def test_count_preset_draws_the_count_in_viridis(page, demo_cube: str) -> None:  # noqa: ANN001
+    from rio_tiler.colormap import cmap
+
+    _open(page, "time=0&preset=truecolor")
+    page.select_option("#preset", "count")  # as a user switches preset
+    shot = _idle_shot(page)
+    drawn = shot.sum(axis=-1) > 30
+    assert drawn.mean() > 0.3, "the count preset draws nothing"
+    max_count = page.evaluate("() => cubeless.state.info.max_count")
+    pts = _map_pixels(page, shot)
+    counts = _cube_values(demo_cube, 0, "count", pts)
+    lut = cmap.get("viridis")
+    want = np.array([[lut[int(np.clip(round(c / max_count * 255), 0, 255))][:3] for c in row] for row in counts],
+                    dtype=np.float64)  # 9 x n x 3
+    got = np.array([shot[y, x] for y, x, _, _ in pts], dtype=np.float64)
+    close = (np.abs(got[None] - want) <= 6).all(axis=-1).any(axis=0)
+    counts = counts[4]
+    assert close.mean() > 0.9, f"only {close.mean():.0%} of the count pixels have the count's viridis colour"
+    assert len(np.unique(counts)) > 1  # more than one count on screen: the colours are not all one
