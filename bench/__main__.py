@@ -5,7 +5,7 @@ The table (goal, measured, ratio, pass/fail per row) is printed and written to
 runs under pytest. Options: ``--reps N`` (repetitions of each timed comparison, default 3),
 ``--out PATH`` (default docs/benchmarks.md, ``-`` for none), ``--skip-s3`` (no moto S3 commit),
 ``--only 1,4`` (some sections only: 1 task, 2 median kernel, 3 reading, 4 planner, 5 commit, 6 cost,
-7 orchestration simulated at scale).
+7 orchestration simulated at scale, 8 map: pyramid build and tile latency).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from cubeless.cost import estimate_cost, lambda_task_seconds
 
 from . import commit as commit_bench
-from . import kernel, planner, reading
+from . import kernel, mapbench, planner, reading
 from .data import scene_set
 from .report import Row, machine, markdown, table
 from .task import BANDS, bench_task
@@ -438,8 +438,29 @@ def section_7(ctx: dict[str, Any], rows: list[Row], notes: list[str]) -> None:
         "tests/infra/test_orchestration_sim.py.")
 
 
+def section_8(ctx: dict[str, Any], rows: list[Row], notes: list[str]) -> None:
+    """8. map: the pyramid's build time (tasks' levels, cross-tile levels) and tile latency on a warm server."""
+    log("map: a ~9,600 x 9,600 px cube (1200 px tasks) with its pyramid, then tiles over HTTP ...")
+    b = mapbench.build_cube(ctx["tmp"])
+    levels = ", ".join(f"{k}: {h}x{w}/{c}{' (tasks)' if loc else ''}" for k, h, w, c, loc in b["levels"])
+    rows.append(Row("8a", "Pyramid: a task's own levels (1200 px tile, 4 bands + count)", "-",
+                    f"{b['task_levels_s_p50']:.3f} s p50, {b['task_levels_s_max']:.3f} s max", "-", None))
+    rows.append(Row("8b", f"Pyramid: cross-tile levels in the commit ({b['tasks']} tasks, one bin)", "-",
+                    f"{b['cross_s']:.2f} s for {b['cross_chunks']:.0f} chunks", "-", None))
+    lat = mapbench.tile_latency(b["store"])
+    for key, label in (("8c", "low"), ("8d", "middle"), ("8e", "full")):
+        r = lat[label]
+        rows.append(Row(key, f"Tile latency, {label} zoom (z{r['zoom']:.0f}, level {r['level']:.0f}), warm server, "
+                             f"truecolor PNG", "-",
+                        f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms; {r['chunks_per_tile']:.1f} chunks/tile "
+                        f"({r['tiles']:.0f} tiles x 3)", "-", None))
+    notes.append(f"8: levels {levels} (height x width / chunk). Tiles fetched over HTTP from `cubeless serve`'s "
+                 "server in the same process after one warm-up pass; chunks counted at the zarr LocalStore. "
+                 "Reference figures, no goal yet.")
+
+
 SECTIONS = [("1", section_1), ("2", section_2), ("3", section_3), ("4", section_4), ("5", section_5), ("6", section_6),
-            ("7", section_7)]
+            ("7", section_7), ("8", section_8)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each timed comparison (default 3)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown output ('-': none)")
     ap.add_argument("--skip-s3", action="store_true", help="skip the 10,000-task commit on moto S3")
-    ap.add_argument("--only", default="", help="comma-separated sections to run (1-7; default all)")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (1-8; default all)")
     a = ap.parse_args(argv)
     reps = max(1, a.reps)
     m = machine()
