@@ -353,6 +353,19 @@ LOCK_KEY = "_cubeless/lock"
 LOCK_STALE_AFTER = 300.0
 
 
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.md5(data).hexdigest()
+
+
+def _precondition_failed(exc: OSError) -> bool:
+    """Whether an s3fs error is S3's 412 PreconditionFailed (a conditional write or delete lost)."""
+    import errno
+
+    return isinstance(exc, FileExistsError) or exc.errno == errno.EINVAL or "precondition" in str(exc).lower()
+
+
 class CubeLocked(UserError):
     """Another run of the same cube (store) is in progress; the CLI exits 2 with this one line."""
 
@@ -384,11 +397,12 @@ class CubeLock:
       for the whole run. The kernel drops the lock when the process dies however it dies, so a
       killed run never leaves a stale lock; the file's content (run id, start, pid, host) is only
       there to name the holder.
-    * **object store** (``s3://``): the lock object is created with a conditional put
-      (``If-None-Match: *``, s3fs ``mode="create"``) and its ``heartbeat`` is rewritten every
-      ``stale_after / 10`` seconds by a daemon thread. A lock whose heartbeat is older than
-      ``stale_after``, or whose holder is a dead process on this host, is stale: it is deleted and
-      the conditional create is tried again (two contenders for a stale lock: one create wins).
+    * **object store** (``s3://``): S3 conditional writes, no check-then-act. The lock object is
+      created with ``If-None-Match: *``; its ``heartbeat`` is rewritten every ``stale_after / 10``
+      seconds by a daemon thread with ``If-Match: <the ETag it last wrote>`` (a holder whose lock
+      was taken over stops, never overwriting it); a lock whose heartbeat is older than
+      ``stale_after``, or whose holder is a dead process on this host, is stale and is taken over
+      with ``If-Match: <its ETag>`` (two contenders: one wins); release deletes with ``If-Match``.
 
     :meth:`acquire` raises :class:`CubeLocked` (a :class:`~cubeless.errors.UserError`) naming the
     holder. Use as a context manager or call :meth:`release`; releasing twice is harmless.
@@ -402,6 +416,7 @@ class CubeLock:
         self._fd: int | None = None
         self._stop: Any = None
         self._thread: Any = None
+        self._etag: str | None = None  #: ETag of the remote lock object this holder last wrote
 
     def __repr__(self) -> str:
         return f"CubeLock({self.store!r}, held={self.held})"
@@ -493,21 +508,81 @@ class CubeLock:
             self._fd, self.record = fd, record
             return
 
-    def _acquire_remote(self, run_id: str) -> None:
+    def _s3(self) -> tuple[Any, str, str]:
+        """(s3fs filesystem, bucket, key) of the remote lock object."""
         fsys, path = fs.filesystem(self.uri)
+        bucket, _, key = path.partition("/")
+        return fsys, bucket, key
+
+    def _conditional(self) -> bool:
+        """Whether the store's filesystem is S3 (s3fs), where writes and deletes take conditions."""
+        fsys, _, _ = self._s3()
+        return hasattr(fsys, "call_s3")
+
+    def _read_remote(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The lock object's ETag (HEAD) and then its record, (None, None) if absent. The body is
+        read after the HEAD, so it is that version or a newer one: a takeover conditioned on the
+        ETag fails if the object changed in between."""
+        fsys, bucket, key = self._s3()
+        if not self._conditional():  # e.g. memory://: the content's digest stands for the ETag
+            try:
+                data = fs.get_bytes(self.uri)
+            except FileNotFoundError:
+                return None, None
+            holder = self.holder()
+            return (holder if holder is not None else {}), _digest(data)
+        try:
+            etag = fsys.call_s3("head_object", Bucket=bucket, Key=key).get("ETag")
+        except FileNotFoundError:
+            return None, None
+        holder = self.holder()
+        return (holder if holder is not None else {}), etag
+
+    def _put_remote(self, record: dict[str, Any], **condition: str) -> str | None:
+        """Write the lock object under an S3 condition (``IfNoneMatch="*"`` to take it,
+        ``IfMatch=etag`` to renew or take over a stale one); its new ETag, or None when the
+        condition failed (someone else holds or took it)."""
+        fsys, bucket, key = self._s3()
+        data = json.dumps(record, indent=1).encode()
+        if not self._conditional():  # create-only is atomic (fsspec mode="create"); If-Match is emulated
+            if "IfNoneMatch" in condition:
+                try:
+                    fsys.pipe_file(f"{bucket}/{key}", data, mode="create")
+                except FileExistsError:
+                    return None
+            else:
+                _, current = self._read_remote()
+                if current != condition.get("IfMatch"):
+                    return None
+                fs.put_bytes(self.uri, data)
+            return _digest(data)
+        try:
+            resp = fsys.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except FileNotFoundError:  # If-Match on an object deleted meanwhile
+            return None
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return None
+            raise
+        fsys.invalidate_cache(f"{bucket}/{key}")
+        return str(resp.get("ETag"))
+
+    def _acquire_remote(self, run_id: str) -> None:
         for _ in range(3):
             record = self._new_record(run_id)
-            try:
-                fsys.pipe_file(path, json.dumps(record, indent=1).encode(), mode="create")
-            except FileExistsError:
-                holder = self.holder()
-                if holder is not None and not self._is_stale(holder):
-                    raise self._refuse(holder) from None
-                # Stale (or vanished meanwhile): remove it if it is still the same lock, retry.
-                if holder is not None and (self.holder() or {}).get("token") == holder.get("token"):
-                    fs.delete(self.uri)
-                continue
-            self.record = record
+            etag = self._put_remote(record, IfNoneMatch="*")
+            if etag is None:
+                holder, held_etag = self._read_remote()
+                if holder is None:
+                    continue  # released meanwhile: try to create it again
+                if not self._is_stale(holder):
+                    raise self._refuse(holder)
+                # Stale: take it over only if it is still that lock object (one contender wins).
+                assert held_etag is not None
+                etag = self._put_remote(record, IfMatch=held_etag)
+                if etag is None:
+                    continue
+            self.record, self._etag = record, etag
             self._start_heartbeat()
             return
         raise self._refuse(self.holder())
@@ -536,14 +611,19 @@ class CubeLock:
             from datetime import datetime, timezone
 
             while not self._stop.wait(max(1.0, self.stale_after / 10)):
-                current = self.holder()
-                if self.record is None or (current or {}).get("token") != self.record["token"]:
-                    return  # lost (taken over as stale): never overwrite another run's lock
-                self.record["heartbeat"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                if self.record is None or self._etag is None:
+                    return
+                record = {**self.record, "heartbeat": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                 try:
-                    fs.put_bytes(self.uri, json.dumps(self.record, indent=1).encode())
+                    etag = self._put_remote(record, IfMatch=self._etag)
                 except OSError:
-                    pass
+                    continue  # S3 unavailable: try again at the next beat
+                if etag is None:
+                    return  # lost (taken over as stale): never overwrite another run's lock
+                if not self._stop.is_set():
+                    self.record, self._etag = record, etag
+                else:
+                    self._etag = etag
 
         self._thread = threading.Thread(target=beat, name="cubeless-lock-heartbeat", daemon=True)
         self._thread.start()
@@ -553,6 +633,9 @@ class CubeLock:
         if self.record is None:
             return
         token = self.record["token"]
+        if self._stop is not None:  # the heartbeat stops before the record is dropped
+            self._stop.set()
+            self._thread.join(5)
         self.record = None
         if self._fd is not None:
             fd, self._fd = self._fd, None
@@ -562,11 +645,21 @@ class CubeLock:
                 pass
             os.close(fd)
             return
-        if self._stop is not None:
-            self._stop.set()
-            self._thread.join(5)
-        if (self.holder() or {}).get("token") == token:
-            fs.delete(self.uri)
+        etag, self._etag = self._etag, None
+        if etag is not None and not self._conditional():
+            if self._read_remote()[1] == etag:
+                fs.delete(self.uri)
+        elif etag is not None:  # delete it only if it is still the object we last wrote
+            fsys, bucket, key = self._s3()
+            try:
+                fsys.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if not _precondition_failed(exc):
+                    raise
+            fsys.invalidate_cache(f"{bucket}/{key}")
+        del token
 
     def __enter__(self) -> "CubeLock":
         return self
