@@ -21,7 +21,7 @@ Who builds what:
 * the **local levels** (``local: true``): level ``k``'s chunk is the cube chunk / ``2**k``, so one
   task's tile is exactly one chunk of each of them; the worker reduces its own tile in memory
   right after writing it (:func:`write_local_levels`), as long as that chunk stays at least
-  :data:`MIN_LOCAL_CHUNK` px;
+  :data:`MIN_LOCAL_CHUNK` px (smaller chunks make a middle-zoom tile read dozens of them: bench 8);
 * the **cross-tile levels**: chunk = the cube chunk; one of their chunks spans several tasks'
   tiles, so they are reduced after every task is done, by the commit step, before it publishes the
   bins (:func:`build_cross_levels`: level by level, each level's chunks fanned out on a pool).
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 #: The coarsest level is the first whose larger side is at most this many pixels (a 512 px tile).
 TOP_SIZE = 512
 #: A level is written by the tasks while its chunk (cube chunk / 2**k) is at least this many px.
-MIN_LOCAL_CHUNK = 128
+MIN_LOCAL_CHUNK = 256
 #: What the levels' ``resampling_method`` says (the reduction is documented in this module).
 RESAMPLING = "count_weighted_mean"
 COUNT_DTYPE = "uint32"

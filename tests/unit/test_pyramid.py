@@ -33,10 +33,11 @@ def small_tiles(monkeypatch):
 def test_plan_levels_stop_at_a_512_px_tile_and_local_levels_keep_whole_chunks() -> None:
     lv = P.plan_levels(5000, 3000, 1200)
     assert [(v.level, v.height, v.width, v.chunk, v.local) for v in lv] == [
-        (1, 2500, 1500, 600, True), (2, 1250, 750, 300, True), (3, 625, 375, 150, True), (4, 313, 188, 1200, False),
-    ]
+        (1, 2500, 1500, 600, True), (2, 1250, 750, 300, True), (3, 625, 375, 1200, False), (4, 313, 188, 1200, False),
+    ]  # 150 px chunks would be too small for tiles: level 3 is reduced by the commit in 1200 px chunks
     assert P.plan_levels(512, 400, 256) == []  # fits one tile: no pyramid
-    assert all(not v.local for v in P.plan_levels(4000, 4000, 200)[2:])  # 200/4 = 50 px: too small for the tasks
+    assert all(not v.local for v in P.plan_levels(4000, 4000, 1024)[2:])  # 1024/4 = 256 px is the smallest task-written chunk
+    assert P.plan_levels(4000, 4000, 1024)[1].local
 
 
 def test_reduce2_is_the_count_weighted_mean_of_valid_pixels_and_sums_count() -> None:
