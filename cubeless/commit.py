@@ -37,7 +37,7 @@ from .timebins import TimeBin
 log = logging.getLogger(__name__)
 
 MANIFEST_KEY = "_cubeless/manifest.json"
-PACKAGES = ("cubeless", "zarr", "xarray", "odc-stac", "odc-geo", "numpy", "rasterio", "s3fs", "pydantic")
+PACKAGES = ("cubeless", "zarr", "icechunk", "xarray", "odc-stac", "odc-geo", "numpy", "rasterio", "s3fs", "pydantic")
 #: At most this many failures are copied into a manifest (the count is always exact).
 MAX_FAILURES_LISTED = 1000
 
@@ -145,7 +145,20 @@ def commit_run(
 
     committed_bins = info.committed_bins
     pyramid_timings: dict[str, float] = {}
-    if complete and indices and indices[-1] + 1 > committed:
+    snapshot: str | None = None
+    ic_timings: dict[str, float] = {}
+    if complete and spec.format == "icechunk":
+        # One snapshot on main: the tasks' forks merged, committed once, tagged with the run id.
+        # (Icechunk cubes have no pyramid levels yet: the cube records none.)
+        from . import icechunk_store
+
+        bins_doc = [b.label for b in sorted(record.bins, key=lambda b: b.start)]
+        message = f"cubeless run {run_id}: {len(bins_doc)} time step(s) {', '.join(bins_doc[:3])}{'...' if len(bins_doc) > 3 else ''}, {len(planned)} tasks"
+        snapshot, ic_timings = icechunk_store.commit_run(
+            state, done, message=message, metadata={"run_id": run_id, "bins": bins_doc, "tasks": len(planned)}
+        )
+        committed_bins = cube.committed_bins(state.store)
+    elif complete and indices and indices[-1] + 1 > committed:
         from .pyramid import build_cross_levels
 
         # the pyramid's cross-tile levels of the new bins, before the switch that shows them
@@ -172,6 +185,7 @@ def commit_run(
             "commit_list_seconds": t_list - t_read,
             "commit_publish_seconds": t_publish - t_list,
             **pyramid_timings,
+            **ic_timings,
         }
     )
     failures = {k: (v.error or "failed without a message") for k, v in sorted(failed.items())[:MAX_FAILURES_LISTED]}
@@ -198,6 +212,7 @@ def commit_run(
         packages=package_versions(),
         cost=cost,
         created=datetime.now(timezone.utc),
+        snapshot=snapshot,
     )
     body = result.model_dump_json(indent=1).encode()
     state.write_manifest_bytes(body)

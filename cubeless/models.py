@@ -152,6 +152,8 @@ class Manifest(Model):
     packages: dict[str, str] = Field(default_factory=dict)
     cost: CostEstimate | None = None
     created: datetime
+    #: Icechunk format: the snapshot id on main that holds this run (also tagged with the run id).
+    snapshot: str | None = None
 
 
 def run_id_for(spec: CubeSpec, bins: list[TimeBin]) -> str:

@@ -311,6 +311,10 @@ def prepare_run(
             warnings.filterwarnings("ignore", message="Object at _cubeless is not recognized", category=UserWarning)
             ensure_cube(spec, plan.grid)
         record = record_for(plan, tasks_uri=state.tasks_uri, lanes=lanes)
+        if spec.format == "icechunk":  # the run's Icechunk session and the fork its tasks write through
+            from .store import stage_run
+
+            stage_run(state, record.bins)
         state.write_tasks(plan.tasks)
         state.write_record(record)  # written last: its presence means the task list is whole
         tasks = plan.tasks

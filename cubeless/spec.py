@@ -44,6 +44,7 @@ SCL_CLASSES = range(0, 12)
 
 Resampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"]
 Interval = Literal["week", "month", "quarter", "year"]
+StoreFormat = Literal["zarr", "icechunk"]
 
 
 class Frozen(BaseModel):
@@ -92,6 +93,11 @@ class CubeSpec(Frozen):
         3, ge=0, le=366, description="Days after a bin's end before it is complete and committed (late scenes)."
     )
     store: str
+    format: StoreFormat = Field(
+        "zarr",
+        description="Storage format: `zarr` (plain Zarr v3, every reader incl. GDAL) or `icechunk` "
+        "(an Icechunk repository: one transaction per run, history, rollback).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -188,8 +194,15 @@ class CubeSpec(Frozen):
         return ("time", "latitude", "longitude") if self.is_geographic else ("time", "y", "x")
 
     def canonical_json(self) -> str:
-        """Stable JSON of the spec (sorted keys), the input of run ids and fingerprints."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable JSON of the spec (sorted keys), the input of run ids and fingerprints.
+
+        The default ``format: zarr`` is left out, so run ids of specs written before the field existed
+        do not change.
+        """
+        doc = self.model_dump(mode="json")
+        if doc.get("format") == "zarr":
+            del doc["format"]
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 #: Appended to pydantic's own message so every line names the fix, not just the problem.
@@ -205,6 +218,7 @@ FIX_HINTS = {
     "resampling": "use nearest, bilinear, cubic, cubic_spline, lanczos, average or mode",
     "max_cloud_cover": "use a percentage 0..100, or leave it out",
     "mask.dilate": "use 0..16 pixels",
+    "format": "use zarr (default) or icechunk",
 }
 
 

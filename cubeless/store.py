@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from . import fs
+from . import icechunk_store as _ic
 from .errors import CubelessError, PlanError, TaskError
 from .models import Grid, Task
 from .spec import CubeSpec
@@ -39,6 +40,8 @@ from .timebins import TimeBin, bin_start, next_start
 if TYPE_CHECKING:
     import xarray as xr
     import zarr
+
+    from .state import RunState
 
 #: Days since this date are the stored time values.
 EPOCH = date(1970, 1, 1)
@@ -159,9 +162,14 @@ def days_since_epoch(d: date) -> int:
 
 # -- opening ----------------------------------------------------------------------------------------
 def _open_group(store: str, *, writable: bool = False) -> "zarr.Group":
-    """Open the cube's root group from its consolidated metadata (one read of ``zarr.json``)."""
+    """Open the cube's root group from its consolidated metadata (one read of ``zarr.json``).
+
+    In an Icechunk repository (read only): the group as committed on main.
+    """
     import zarr
 
+    if not writable and _ic.is_repo(store):
+        return _ic.read_group(store)
     return zarr.open_group(
         fs.zarr_store(store, read_only=not writable),
         mode="r+" if writable else "r",
@@ -179,8 +187,17 @@ def _cube_attrs(group: "zarr.Group", store: str) -> dict[str, Any]:
     return attrs
 
 
+def _is_icechunk(group: "zarr.Group") -> bool:
+    return type(group.store).__module__.startswith("icechunk")
+
+
 def _committed_length(group: "zarr.Group") -> int:
-    """Visible length of the time axis; 0 for a cube whose creation never reached consolidation."""
+    """Visible length of the time axis; 0 for a cube whose creation never reached consolidation.
+
+    An Icechunk group read from main holds committed time steps only: its shape is the length.
+    """
+    if _is_icechunk(group):
+        return int(group["time"].shape[0]) if "time" in group else 0
     if group.metadata.consolidated_metadata is None:
         return 0
     return int(group["time"].shape[0])
@@ -200,6 +217,8 @@ def _try_open(store: str) -> "zarr.Group | None":
     import zarr
     from zarr.errors import GroupNotFoundError, NodeTypeValidationError
 
+    if _ic.is_repo(store):
+        return _ic.try_group(store)
     try:
         return _open_group(store)
     except (FileNotFoundError, GroupNotFoundError):
@@ -230,6 +249,7 @@ def cube_state(spec: CubeSpec) -> tuple[list[TimeBin], date]:
     group = _try_open(store)
     if group is None:
         return [], bin_start(spec.start, spec.interval)
+    _check_format(store, group, spec)
     attrs = _cube_attrs(group, store)
     wanted = identity(spec, Grid.model_validate(attrs["grid"]))
     _check_identity(store, attrs["identity"], wanted)
@@ -242,6 +262,23 @@ def cube_info(store: str) -> CubeInfo | None:
     store = fs.normalize(store)
     group = _try_open(store)
     return None if group is None else _info(store, group, created=False)
+
+
+def store_format(store: str) -> str | None:
+    """``"icechunk"``, ``"zarr"``, or None when the store holds no cube."""
+    group = _try_open(fs.normalize(store))
+    if group is None:
+        return None
+    return "icechunk" if _is_icechunk(group) else "zarr"
+
+
+def _check_format(store: str, group: "zarr.Group", spec: CubeSpec) -> None:
+    found = "icechunk" if _is_icechunk(group) else "zarr"
+    if found != spec.format:
+        what = "an Icechunk repository" if found == "icechunk" else "a Zarr cube"
+        raise PlanError(
+            f"store {store} holds {what} but the spec gives format {spec.format}; set `format: {found}` or choose another store"
+        )
 
 
 # -- creation ---------------------------------------------------------------------------------------
@@ -462,8 +499,11 @@ def ensure_cube(
     wanted = identity(spec, grid)
     group = _try_open(store)
     if group is not None:
+        _check_format(store, group, spec)
         attrs = _cube_attrs(group, store)
         _check_identity(store, attrs["identity"], wanted)
+        if _is_icechunk(group):  # created in one commit: whole or absent
+            return _info(store, group, created=False)
         if group.metadata.consolidated_metadata is not None and {*spec.bands, COUNT, "time"} <= set(group.array_keys()):
             return _info(store, group, created=False)
         # An interrupted creation: finish it (nothing was ever committed).
@@ -472,11 +512,21 @@ def ensure_cube(
         _consolidate(store)
         return _info(store, _open_group(store), created=True)
 
-    _refuse_foreign_content(store)
+    if spec.format == "icechunk":
+        if not _ic.is_repo(store):
+            _refuse_foreign_content(store)
+    else:
+        if _ic.is_repo(store):
+            raise PlanError(
+                f"store {store} holds an Icechunk repository but the spec gives format zarr; "
+                "set `format: icechunk` or choose another store"
+            )
+        _refuse_foreign_content(store)
     origin = bin_start(spec.start, spec.interval)
     from .pyramid import plan_levels
 
-    levels = plan_levels(grid.height, grid.width, spec.chunk)
+    # Pyramid levels are written by the Zarr format only (not yet through Icechunk forks).
+    levels = plan_levels(grid.height, grid.width, spec.chunk) if spec.format == "zarr" else []
     cube_attrs = {
         "version": LAYOUT_VERSION,
         "grid": grid.model_dump(mode="json"),
@@ -489,18 +539,21 @@ def ensure_cube(
     }
     from . import __version__
 
+    root_attrs = {
+        "cubeless": cube_attrs,
+        "Conventions": "CF-1.8",
+        "title": spec.name,
+        "source": f"cubeless {__version__}: {spec.interval}ly median composites of {spec.collection}",
+    }
+    if spec.format == "icechunk":
+        _ic.create_cube(store, lambda g: _layout(g, spec, grid, scale_offset), root_attrs, spec.name)
+        return _info(store, _open_group(store), created=True)
     try:
         group = zarr.create_group(
             fs.zarr_store(store),
             zarr_format=3,
             overwrite=False,
-            attributes={
-                "cubeless": cube_attrs,
-                "Conventions": "CF-1.8",
-                "title": spec.name,
-                "source": f"cubeless {__version__}: {spec.interval}ly median composites of {spec.collection}",
-                **geozarr_attrs(spec, grid, levels),
-            },
+            attributes={**root_attrs, **geozarr_attrs(spec, grid, levels)},
         )
     except ContainsGroupError:  # created concurrently: verify it instead
         return ensure_cube(spec, grid, scale_offset=scale_offset)
@@ -599,15 +652,36 @@ def write_task(
     An all-fill chunk is not stored (an old one is deleted). Returns the number of chunks stored.
     Raises :class:`TaskError` if ``task.t`` is already committed or the task does not fit the cube.
     """
+    store = fs.normalize(task.spec.store)
+    if task.spec.format == "icechunk":
+        from .state import RunState
+
+        state = RunState(store, task.run_id)
+        fork, meta = _ic.task_fork(state)
+        import zarr
+
+        group = zarr.open_group(fork.store, mode="r+", zarr_format=3)
+        if task.t >= meta.length:
+            raise TaskError(f"task {task.task_id} targets time index {task.t}, past the run's staged length {meta.length}; plan the run again")
+        chunks = _write_into(group, store, task, bands, count, scale_offset, meta.committed_length, grown=True)
+        _ic.save_fork(state, task.task_id, fork)
+        return chunks
+    group = _open_group(store, writable=True)
+    return _write_into(group, store, task, bands, count, scale_offset, _committed_length(group), grown=False)
+
+
+def _write_into(
+    group: "zarr.Group", store: str, task: Task, bands: Mapping[str, np.ndarray], count: np.ndarray,
+    scale_offset: ScaleOffsetLike, n: int, *, grown: bool,
+) -> int:
+    """Check ``task`` against the cube and write its chunks into ``group`` (``n``: committed length;
+    ``grown``: the arrays already reach the task's time index, as in an Icechunk run's fork)."""
     from zarr.core.sync import sync
 
     spec, tile, t = task.spec, task.tile, task.t
-    store = fs.normalize(spec.store)
-    group = _open_group(store, writable=True)
     attrs = _cube_attrs(group, store)
     if attrs["identity"] != identity(spec, task.grid):
         raise TaskError(f"task {task.task_id} was planned for another cube than the one in {store}; plan the run again")
-    n = _committed_length(group)
     if t < n:
         raise TaskError(
             f"task {task.task_id} targets time index {t}, which is already committed (length {n}); "
@@ -638,7 +712,7 @@ def write_task(
             raise ValueError(f"{name} has shape {a.shape}; task {task.task_id} needs ({tile.ny}, {tile.nx})")
 
     sel = (t, slice(tile.y0, tile.y0 + tile.ny), slice(tile.x0, tile.x0 + tile.nx))
-    handles = {name: _extended(group[name], t + 1) for name in data}  # type: ignore[arg-type]
+    handles = {name: group[name] if grown else _extended(group[name], t + 1) for name in data}  # type: ignore[misc]
 
     async def _write_all() -> None:
         # Wait for every write before raising: a sibling still writing when the task's error
@@ -698,20 +772,59 @@ def publish_bins(store: str, length: int) -> list[TimeBin]:
     return bins
 
 
+def grow(group: "zarr.Group", length: int) -> list[TimeBin]:
+    """Grow every time-dimensioned array of a writable group to ``length`` and write the time
+    coordinate and bounds (the Icechunk run's staging commit; never shrinks)."""
+    attrs = _cube_attrs(group, str(group.store))
+    origin, interval = date.fromisoformat(attrs["origin"]), attrs["interval"]
+    n = int(group["time"].shape[0])  # type: ignore[union-attr]
+    if length < n:
+        raise CubelessError(f"cannot shrink the time axis from {n} to {length}")
+    for name in group.array_keys():
+        arr = group[name]
+        if arr.ndim and (arr.metadata.dimension_names or (None,))[0] == "time" and arr.shape[0] != length:  # type: ignore[union-attr]
+            arr.resize((length, *arr.shape[1:]))  # type: ignore[union-attr]
+    bins = bins_from(origin, length, interval)
+    if length > n:
+        group["time"][n:length] = np.array([days_since_epoch(b.start) for b in bins[n:]], dtype=np.int64)  # type: ignore[index]
+        if TIME_BNDS in group:
+            group[TIME_BNDS][n:length] = np.array(  # type: ignore[index]
+                [[days_since_epoch(b.start), days_since_epoch(b.end)] for b in bins[n:]], dtype=np.int64
+            )
+    return bins
+
+
+def stage_run(state: "RunState", bins: list[TimeBin]) -> None:
+    """Icechunk format: stage a planned run (its branch, grown time axis, the tasks' fork). Idempotent."""
+    info = cube_info(state.store)
+    if info is None:
+        raise PlanError(f"store {state.store} holds no cube; plan the run again (it creates the cube)")
+    length = max((time_index(info.origin, b, info.interval) + 1 for b in bins), default=info.length)
+    _ic.stage_run(state, max(length, info.length), grow)
+
+
 # -- reading ----------------------------------------------------------------------------------------
-def open_cube(store: str, *, raw: bool = False, **kwargs: Any) -> "xr.Dataset":
+def open_cube(store: str, *, raw: bool = False, version: str | None = None, **kwargs: Any) -> "xr.Dataset":
     """The committed cube as an xarray Dataset, from the consolidated metadata (lazy, dask-free).
 
     Bands read as reflectance (float, NaN where there was no valid observation) like
     ``xr.open_zarr(store)``; ``raw=True`` gives the stored uint16 DNs (0 = no observation).
+    For an Icechunk cube the Dataset is main's tip, or ``version`` (a tag such as the run id, or a
+    snapshot id from ``cubeless history``); the Zarr format has no versions.
     """
     import xarray as xr
 
+    store = fs.normalize(store)
     opts: dict[str, Any] = {"consolidated": True, "zarr_format": 3, "chunks": None}
     if raw:
         opts["mask_and_scale"] = False
     opts.update(kwargs)
-    return xr.open_zarr(fs.zarr_store(fs.normalize(store), read_only=True), **opts)
+    if _ic.is_repo(store):
+        opts["consolidated"] = False
+        return xr.open_zarr(_ic.read_session(store, version).store, **opts)
+    if version is not None:
+        raise PlanError(f"store {store} is a Zarr cube, which keeps no versions; drop the version or use format icechunk")
+    return xr.open_zarr(fs.zarr_store(store, read_only=True), **opts)
 
 
 def time_values(store: str) -> list[date]:

@@ -105,11 +105,11 @@ def compare_cube(
     group_by_day: bool = True,
 ) -> CubeComparison:
     """Compare every committed time step of the cube at ``store`` with the synthetic truth."""
-    import xarray as xr
+    from ..store import open_cube
 
     spec = spec if isinstance(spec, CubeSpec) else parse_spec(dict(spec))
     margin = default_margin_m(spec, scene_set) if margin_m is None else margin_m
-    ds = xr.open_zarr(store, chunks=None, mask_and_scale=False)  # the stored DNs
+    ds = open_cube(store, raw=True)  # the stored DNs (Zarr or Icechunk format)
     _, ydim, xdim = spec.dims
     problems: list[str] = []
     for name in (*spec.bands, *(["count"] if check_count else [])):
