@@ -267,6 +267,7 @@ def demo(
     workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes [default: CPU count].")] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Only serve the demo scenes over STAC (until Ctrl-C), "
                                         "for your own specs; builds nothing.")] = False,
+    store_format: Annotated[str, typer.Option("--format", help="Storage format of the demo cube: zarr or icechunk.")] = "zarr",
 ) -> None:
     """Synthesize Sentinel-2 scenes, serve them over a real STAC API, build a cube and a PNG preview."""
     from .demo import run_demo
@@ -278,7 +279,11 @@ def demo(
     def run_spec(s):  # noqa: ANN001, ANN202
         return _run_with_progress(s, workers=workers, timeout=90.0, retries=5, max_tasks=200_000)
 
-    code = _guard(lambda: run_demo(out_dir, earth_search=earth_search, workers=workers, console=err, run=run_spec))
+    if store_format not in ("zarr", "icechunk"):
+        err.print(f"[bold red]error:[/] --format {escape(store_format)} is not known; use zarr or icechunk", highlight=False)
+        raise typer.Exit(2)
+    code = _guard(lambda: run_demo(out_dir, earth_search=earth_search, workers=workers, console=err, run=run_spec,
+                                   format=store_format))
     raise typer.Exit(code)
 
 
@@ -335,6 +340,94 @@ def manifest(store: Annotated[str, typer.Argument(help="Cube store (path or s3:/
                   highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     out.print_json(m.model_dump_json())
+
+
+StoreArg = Annotated[str, typer.Argument(help="Cube store (path or s3:// URL).", show_default=False)]
+
+
+def _info_doc(store: str) -> dict:
+    from .commit import read_manifest
+    from .store import cube_info, store_format
+
+    info = cube_info(store)
+    if info is None:
+        from .errors import UserError
+
+        raise UserError(f"store {store} holds no cube; check the path, or build one with `cubeless run SPEC --local`")
+    fmt = store_format(store)
+    m = read_manifest(store)
+    doc = {
+        "store": info.store, "format": fmt, "interval": info.interval, "origin": info.origin.isoformat(),
+        "time_steps": info.length, "first": info.committed_bins[0].label if info.committed_bins else None,
+        "last": info.committed_bins[-1].label if info.committed_bins else None,
+        "last_run": m.run_id if m else None, "complete": m.complete if m else None,
+    }
+    if fmt == "icechunk":
+        from . import icechunk_store
+
+        head = icechunk_store.history(store, limit=1)[0]
+        doc.update({"snapshot": head.id, "snapshot_time": head.written_at.isoformat(), "snapshot_message": head.message,
+                    "tags": head.tags})
+    return doc
+
+
+@app.command()
+def info(store: StoreArg, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show what the cube holds: format, committed time steps, last run, and (Icechunk) the snapshot."""
+    doc = _guard(lambda: _info_doc(store))
+    if as_json:
+        out.print_json(json.dumps(doc))
+        return
+    table = Table(title=f"cube {escape(store)}", show_header=False)
+    for k, v in doc.items():
+        table.add_row(k, escape(str(v)))
+    out.print(table)
+
+
+@app.command()
+def history(
+    store: StoreArg,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many snapshots.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the snapshots of an Icechunk cube, newest first: id, time, run, bins, tags, message."""
+    from . import icechunk_store
+    from .errors import UserError
+
+    def body() -> list:
+        if not icechunk_store.is_repo(store):
+            raise UserError(f"store {store} is not an Icechunk cube: only `format: icechunk` keeps a history")
+        return icechunk_store.history(store, limit=limit)
+
+    snaps = _guard(body)
+    if as_json:
+        out.print_json(json.dumps([{**s.__dict__, "written_at": s.written_at.isoformat()} for s in snaps]))
+        return
+    table = Table(title=f"history of {escape(store)} (newest first)")
+    for col in ("snapshot", "written (UTC)", "run", "bins", "tags", "message"):
+        table.add_column(col)
+    for s in snaps:
+        bins = f"{s.bins[0]}..{s.bins[-1]} ({len(s.bins)})" if len(s.bins) > 1 else ", ".join(s.bins)
+        table.add_row(s.id, f"{s.written_at:%Y-%m-%d %H:%M:%S}", escape(s.run_id or ""), bins,
+                      escape(", ".join(s.tags)), escape(s.message))
+    out.print(table)
+
+
+@app.command()
+def rollback(
+    store: StoreArg,
+    to: Annotated[str, typer.Option("--to", help="Snapshot id or tag (a run id) from `cubeless history`.", show_default=False)],
+) -> None:
+    """Move an Icechunk cube back to an earlier snapshot (recorded in the repository's operations log)."""
+    from . import icechunk_store
+
+    r = _guard(lambda: icechunk_store.rollback_cube(store, to), interrupted="interrupted: check `cubeless info STORE`")
+    if not r.dropped:
+        out.print(f"{escape(store)} is already at {r.new}; nothing changed", highlight=False, soft_wrap=True)
+        return
+    runs = ", ".join(s.run_id or s.id for s in r.dropped)
+    out.print(f"rolled {escape(store)} back from {r.old} to {r.new}: dropped {len(r.dropped)} snapshot(s) ({escape(runs)}); "
+              f"they stay readable by their tags; running the spec again rebuilds them", highlight=False, soft_wrap=True)
 
 
 StackOpt = Annotated[str, typer.Option("--stack", envvar="CUBELESS_STACK", help="Deployed stack name.")]

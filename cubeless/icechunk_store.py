@@ -49,6 +49,7 @@ RUN_BRANCH_PREFIX = "run."
 META_NAME = "icechunk.json"
 FORK_NAME = "icechunk.fork"
 FORKS_DIR = "forks"
+COMMITTED_NAME = "icechunk.committed.json"
 #: Forks are unpickled and merged in batches of this many (bounded memory for 100,000-task runs).
 MERGE_BATCH = 2000
 
@@ -256,11 +257,13 @@ def commit_run(
     meta = RunMeta.read(state)
     repo = open_repo(state.store)
     figures: dict[str, float] = {}
+    done_uri = fs.join(state.root, COMMITTED_NAME)
+    try:  # finished before
+        return str(json.loads(fs.get_bytes(done_uri))["snapshot"]), figures
+    except FileNotFoundError:
+        pass
     tip = str(repo.lookup_branch(meta.branch)) if meta.branch in repo.list_branches() else None
-    tags = set(repo.list_tags())
-    if tip is None:  # finished before: the tag names the run's snapshot
-        if state.run_id in tags:
-            return str(repo.lookup_tag(state.run_id)), figures
+    if tip is None:
         raise CubelessError(f"run {state.run_id}: its Icechunk branch {meta.branch} is gone; plan the run again")
     if tip == meta.staged:
         session = repo.writable_session(meta.branch)
@@ -284,10 +287,24 @@ def commit_run(
             raise CubelessError(
                 f"run {state.run_id} cannot commit: main of {state.store} moved while committing; run the spec again"
             ) from None
-    if state.run_id not in tags:
-        repo.create_tag(state.run_id, tip)
+    tag = _tag_for(repo, state.run_id, tip)
+    fs.put_bytes(done_uri, json.dumps({"snapshot": tip, "tag": tag}).encode())
     repo.delete_branch(meta.branch)
     return tip, figures
+
+
+def _tag_for(repo: "icechunk.Repository", run_id: str, snapshot: str) -> str:
+    """Tag ``snapshot`` with the run id (``<run_id>.2``, ... when a rolled-back run of the same bins was
+    tagged before); return the tag."""
+    tags = set(repo.list_tags())
+    for k in range(1, 10_000):
+        tag = run_id if k == 1 else f"{run_id}.{k}"
+        if tag not in tags:
+            repo.create_tag(tag, snapshot)
+            return tag
+        if str(repo.lookup_tag(tag)) == snapshot:
+            return tag
+    raise CubelessError(f"run {run_id} has been tagged 10,000 times; delete old tags")
 
 
 # -- history ----------------------------------------------------------------------------------------
@@ -324,19 +341,73 @@ def tip(store: str) -> str:
     return str(open_repo(store).lookup_branch(BRANCH))
 
 
-def rollback(store: str, to: str) -> tuple[str, str]:
-    """Move main back to ``to`` (a tag or a snapshot id of main's history); return (old tip, new tip).
+@dataclass(frozen=True)
+class Rollback:
+    old: str  #: main's tip before
+    new: str  #: main's tip after
+    dropped: list[Snapshot]  #: snapshots no longer on main (newest first), still reachable by their tags
+    run_id: str | None  #: the run whose snapshot main is at now (None: the empty cube)
 
-    The move is recorded in the repository's operations log; the snapshots after ``to`` stay
-    reachable through their tags.
+
+def rollback(store: str, to: str) -> Rollback:
+    """Move main back to ``to`` (a tag or a snapshot id of main's history).
+
+    The move is recorded in the repository's operations log (``Repository.ops_log``); the dropped
+    snapshots stay readable through their tags. The caller holds the cube's lock.
     """
     repo = open_repo(store)
     target = resolve(repo, to)
     old = str(repo.lookup_branch(BRANCH))
-    ancestry = [str(i.id) for i in repo.ancestry(branch=BRANCH)]
-    if target not in ancestry:
-        raise PlanError(f"{to!r} is not in the history of main (it is a later or unrelated snapshot); see `cubeless history STORE`")
-    if target == old:
-        return old, target
-    repo.reset_branch(BRANCH, target, from_snapshot_id=old)
-    return old, target
+    snaps = history(store)
+    ids = [s.id for s in snaps]
+    if target not in ids:
+        raise PlanError(f"{to!r} is not in the history of main (a later or unrelated snapshot); see `cubeless history STORE`")
+    if ids.index(target) == len(ids) - 1:
+        raise PlanError(f"{to!r} is the repository's initial snapshot, before the cube existed; roll back to a later one")
+    dropped = snaps[: ids.index(target)]
+    if dropped:
+        repo.reset_branch(BRANCH, target, from_snapshot_id=old)
+    return Rollback(old=old, new=target, dropped=dropped, run_id=snaps[ids.index(target)].run_id)
+
+
+def operations(store: str, *, limit: int = 50) -> list[str]:
+    """The repository's operations log (commits, branch moves, tags), newest first, one line each."""
+    out = []
+    for update in open_repo(store).ops_log():
+        out.append(f"{update.updated_at:%Y-%m-%d %H:%M:%S} {update.kind!r}")
+        if len(out) >= limit:
+            break
+    return out
+
+
+def rollback_cube(store: str, to: str) -> Rollback:
+    """:func:`rollback` under the cube's lock, then make the run state agree with main again.
+
+    The store's manifest becomes the manifest of the run main is now at (removed when main is at the
+    empty cube), and the state of every dropped run is deleted, so running the spec again plans those
+    bins afresh (one new snapshot, tagged ``<run_id>.2``).
+    """
+    from .commit import manifest_uri
+    from .state import CubeLock, RunState
+
+    store = fs.normalize(store)
+    if not is_repo(store):
+        raise PlanError(f"store {store} is not an Icechunk cube; only format icechunk keeps versions to roll back to")
+    with CubeLock(store) as lock:
+        lock.acquire("rollback")
+        result = rollback(store, to)
+        for snap in result.dropped:
+            if snap.run_id:
+                fsys, path = fs.filesystem(RunState(store, snap.run_id).root)
+                try:
+                    fsys.rm(path, recursive=True)
+                except FileNotFoundError:
+                    pass
+        if result.run_id:
+            try:
+                fs.put_bytes(manifest_uri(store), fs.get_bytes(RunState(store, result.run_id).manifest_uri))
+            except FileNotFoundError:
+                fs.delete(manifest_uri(store))
+        else:
+            fs.delete(manifest_uri(store))
+    return result

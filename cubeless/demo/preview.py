@@ -52,6 +52,12 @@ def _open(store: str | Path, storage_options: Mapping[str, Any] | None) -> Any:
     import xarray as xr
     from zarr.errors import GroupNotFoundError, NodeTypeValidationError
 
+    from .. import icechunk_store
+
+    if not storage_options and icechunk_store.is_repo(str(store)):
+        from ..store import open_cube
+
+        return open_cube(str(store), raw=True)
     try:
         return xr.open_zarr(str(store), chunks=None, mask_and_scale=False,
                             storage_options=dict(storage_options) if storage_options else None)

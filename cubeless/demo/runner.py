@@ -46,11 +46,10 @@ def _scene_set(root: Path, console: Console):  # noqa: ANN202
 
 
 def _previews(store: str, out_dir: Path, console: Console) -> list[Path]:
-    import xarray as xr
-
+    from ..store import open_cube
     from .preview import write_preview
 
-    ds = xr.open_zarr(store)
+    ds = open_cube(store)
     written = []
     for i, t in enumerate(ds["time"].values):
         if int(ds["count"].isel(time=i).max()) == 0:
@@ -71,6 +70,7 @@ def run_demo(
     workers: int | None = None,
     console: Console | None = None,
     run: RunFn | None = None,
+    format: str = "zarr",
 ) -> int:
     """Run the demo; returns the process exit code (0 when the cube is complete and correct)."""
     from ..runner import RunPolicy, run_local
@@ -92,7 +92,7 @@ def run_demo(
         return 0 if outcome.complete else 1
 
     scene_set = _scene_set(out_dir / "scenes", console)
-    store = str(out_dir / "cube.zarr")
+    store = str(out_dir / ("cube.icechunk" if format == "icechunk" else "cube.zarr"))
     if Path(store).exists():
         import shutil
 
@@ -100,7 +100,7 @@ def run_demo(
         shutil.rmtree(store)
     with serve_scene_set(scene_set) as url:
         console.print(f"STAC API (rustac) serving {len(scene_set.items)} items at {url}")
-        spec = parse_spec(demo_spec(url, store))
+        spec = parse_spec({**demo_spec(url, store), "format": format})
         outcome = run(spec)
     if not outcome.complete:
         console.print("[red]the cube is incomplete: see the failed tasks above[/]")
@@ -113,6 +113,10 @@ def run_demo(
     console.print(f"[green]verified[/]: {compared:,} pixels x {len(spec.bands) + 1} variables over "
                   f"{len(result.bins)} time steps equal the analytic truth of the synthetic scenes")
     _previews(store, out_dir, console)
+    if format == "icechunk":
+        console.print(f"demo done in {time.perf_counter() - t0:.1f} s: open it with "
+                      f"cubeless.open({store!r}) (versions: `cubeless history {store}`)")
+        return 0
     console.print(f"demo done in {time.perf_counter() - t0:.1f} s: open it with "
                   f"xarray.open_zarr({store!r}); see it on a map with:")
     shown = os.path.relpath(store) if not os.path.relpath(store).startswith("..") else store

@@ -173,3 +173,93 @@ def test_default_format_keeps_run_ids(tmp_path):
     spec, _, _ = make(tmp_path, "z", "zarr")
     assert '"format"' not in spec.canonical_json()
     assert '"format":"icechunk"' in spec.model_copy(update={"format": "icechunk"}).canonical_json()
+
+
+def two_runs(tmp_path):
+    """A cube with run-a (Jan, Feb) then run-b (Mar) committed; returns (spec, snapshot a, snapshot b)."""
+    spec, gb, grid = make(tmp_path, "i", "icechunk")
+    state, ts = stage(spec, gb, grid, "run-a")
+    for task in ts:
+        S.write_task(task, *payload(task))
+    a = commit(state, ts)[0]
+    fs_put_manifest(state, spec, 2)
+    spec3 = spec.model_copy(update={"end": parse_spec({**spec.model_dump(mode="json"), "end": "2020-03-31"}).end})
+    state_b = RunState(spec.store, "run-b")
+    ts_b = [t.model_copy(update={"run_id": "run-b", "spec": spec3}) for t in tasks(spec3, gb, grid, "run-b") if t.t == 2]
+    S.stage_run(state_b, [ts_b[0].bin])
+    for task in ts_b:
+        S.write_task(task, *payload(task))
+    b = commit(state_b, ts_b)[0]
+    fs_put_manifest(state_b, spec3, 3)
+    return spec, a, b
+
+
+def fs_put_manifest(state, spec, n):
+    from datetime import datetime, timezone
+
+    from cubeless import fs
+    from cubeless.commit import manifest_uri
+    from cubeless.models import Manifest
+    from cubeless.store import bins_from
+
+    bins = bins_from(spec.start, n, spec.interval)
+    m = Manifest(cubeless_version="t", run_id=state.run_id, spec=spec, complete=True, committed_bins=bins, run_bins=bins,
+                 tasks_planned=1, tasks_done=1, tasks_failed=0, created=datetime.now(timezone.utc))
+    state.write_manifest_bytes(m.model_dump_json().encode())
+    fs.put_bytes(manifest_uri(state.store), m.model_dump_json().encode())
+
+
+def test_rollback_moves_main_back_keeps_tags_and_the_cube_can_be_rebuilt(tmp_path):
+    from cubeless.commit import read_manifest
+
+    spec, a, b = two_runs(tmp_path)
+    assert [h.run_id for h in IC.history(spec.store)[:2]] == ["run-b", "run-a"]
+    r = IC.rollback_cube(spec.store, "run-a")
+    assert (r.old, r.new, [d.run_id for d in r.dropped], r.run_id) == (b, a, ["run-b"], "run-a")
+    assert IC.tip(spec.store) == a and len(S.committed_bins(spec.store)) == 2
+    assert read_manifest(spec.store).run_id == "run-a"
+    assert not (tmp_path / "i" / "_cubeless" / "runs" / "run-b").exists()  # a re-run plans those bins afresh
+    assert S.open_cube(spec.store, version="run-b").sizes["time"] == 3  # the dropped snapshot stays readable
+    assert any("reset" in op.lower() or "branch" in op.lower() for op in IC.operations(spec.store)[:1]), IC.operations(spec.store)[:3]
+    with pytest.raises(PlanError, match="not in the history of main"):
+        IC.rollback_cube(spec.store, "run-b")
+    with pytest.raises(PlanError, match="neither a tag nor a snapshot id"):
+        IC.rollback_cube(spec.store, "nope")
+    # Rebuilding the dropped bins is one new snapshot, tagged run-b.2 (the old tag is kept).
+    state_b = RunState(spec.store, "run-b")
+    gb = cube_geobox(spec)
+    grid = grid_of(gb, spec.crs)
+    spec3 = spec.model_copy(update={"end": parse_spec({**spec.model_dump(mode="json"), "end": "2020-03-31"}).end})
+    ts_b = [t for t in tasks(spec3, gb, grid, "run-b") if t.t == 2]
+    S.stage_run(state_b, [ts_b[0].bin])
+    for task in ts_b:
+        S.write_task(task, *payload(task))
+    c = commit(state_b, ts_b)[0]
+    hist = IC.history(spec.store)
+    assert [h.id for h in hist[:2]] == [c, a] and hist[0].tags == ["run-b.2"]
+    np.testing.assert_array_equal(S.open_cube(spec.store, raw=True).red.values, S.open_cube(spec.store, raw=True, version="run-b").red.values)
+
+
+def test_cli_info_history_rollback(tmp_path):
+    from typer.testing import CliRunner
+
+    from cubeless.cli import app
+
+    spec, a, b = two_runs(tmp_path)
+    cli = CliRunner()
+    got = cli.invoke(app, ["info", spec.store, "--json"])
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.stdout)
+    assert doc["format"] == "icechunk" and doc["snapshot"] == b and doc["time_steps"] == 3 and doc["tags"] == ["run-b"]
+    got = cli.invoke(app, ["history", spec.store, "--json"])
+    assert got.exit_code == 0 and [s["id"] for s in json.loads(got.stdout)][:2] == [b, a]
+    got = cli.invoke(app, ["rollback", spec.store, "--to", a])
+    assert got.exit_code == 0 and f"back from {b} to {a}" in got.stdout and "run-b" in got.stdout
+    assert json.loads(cli.invoke(app, ["info", spec.store, "--json"]).stdout)["snapshot"] == a
+    got = cli.invoke(app, ["rollback", spec.store, "--to", "nope"])
+    assert got.exit_code == 2 and "neither a tag nor a snapshot id" in got.stderr
+    zspec, gb, grid = make(tmp_path, "z", "zarr")
+    S.ensure_cube(zspec, grid)
+    got = cli.invoke(app, ["history", zspec.store])
+    assert got.exit_code == 2 and "only `format: icechunk` keeps a history" in got.stderr
+    assert json.loads(cli.invoke(app, ["info", zspec.store, "--json"]).stdout)["format"] == "zarr"
