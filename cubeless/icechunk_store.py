@@ -49,6 +49,8 @@ RUN_BRANCH_PREFIX = "run."
 META_NAME = "icechunk.json"
 FORK_NAME = "icechunk.fork"
 FORKS_DIR = "forks"
+#: The object every Icechunk (spec v2) repository has at its root.
+REPO_OBJECT = "repo"
 COMMITTED_NAME = "icechunk.committed.json"
 #: Forks are unpickled and merged in batches of this many (bounded memory for 100,000-task runs).
 MERGE_BATCH = 2000
@@ -87,14 +89,14 @@ def storage(store: str) -> "icechunk.Storage":
 
 
 def is_repo(store: str) -> bool:
-    """Whether ``store`` holds an Icechunk repository."""
+    """Whether ``store`` holds an Icechunk repository (its ``repo`` object, read through fsspec like
+    every other state object, so a missing or unreachable store fails as it does for the Zarr format)."""
     store = fs.normalize(store)
     if not fs.is_remote(store):
         import os
 
-        if not os.path.isdir(fs.local_path(store)):
-            return False
-    return bool(_ic().Repository.exists(storage(store)))
+        return os.path.isfile(os.path.join(fs.local_path(store), REPO_OBJECT))
+    return fs.exists(fs.join(store, REPO_OBJECT))
 
 
 def open_repo(store: str) -> "icechunk.Repository":
