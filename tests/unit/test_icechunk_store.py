@@ -263,3 +263,53 @@ def test_cli_info_history_rollback(tmp_path):
     got = cli.invoke(app, ["history", zspec.store])
     assert got.exit_code == 2 and "only `format: icechunk` keeps a history" in got.stderr
     assert json.loads(cli.invoke(app, ["info", zspec.store, "--json"]).stdout)["format"] == "zarr"
+
+
+# -- S3 (moto) --------------------------------------------------------------------------------------
+@pytest.fixture
+def moto_s3():
+    """A moto S3 server with a bucket ``cubes``; icechunk and s3fs reach it through AWS_ENDPOINT_URL."""
+    import logging
+    import socket
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing-key-id",
+           "AWS_SECRET_ACCESS_KEY": "sekret-s3-value", "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.delenv("AWS_SESSION_TOKEN", raising=False)
+        s3fs.S3FileSystem.clear_instance_cache()
+        fsys = s3fs.S3FileSystem()
+        if not fsys.exists("cubes"):
+            fsys.mkdir("cubes")
+        yield fsys
+        s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+@pytest.mark.slow
+def test_an_icechunk_run_on_s3_commits_once_with_no_credentials_in_the_forks(tmp_path, moto_s3):
+    zspec, gb, grid = make(tmp_path, "z", "zarr")
+    build_zarr(zspec, gb, grid)
+    spec = parse_spec({**zspec.model_dump(mode="json"), "store": "s3://cubes/ic/cube", "format": "icechunk"})
+    state, ts = stage(spec, gb, grid)
+    created = IC.tip(spec.store)
+    for task in ts:
+        S.write_task(task, *payload(task))
+    assert IC.tip(spec.store) == created and S.committed_bins(spec.store) == []  # nothing visible yet
+    blobs = [moto_s3.cat_file(p) for p in moto_s3.find("cubes/ic/cube/_cubeless/runs/r") if p.endswith((".pickle", ".fork"))]
+    assert len(blobs) == len(ts) + 1
+    assert not any(b"sekret-s3-value" in b or b"testing-key-id" in b for b in blobs)
+    snap, _ = commit(state, ts)
+    assert IC.tip(spec.store) == snap and IC.history(spec.store)[0].tags == ["r"]
+    for v in ("red", "count"):
+        np.testing.assert_array_equal(S.open_cube(spec.store, raw=True)[v].values, S.open_cube(zspec.store, raw=True)[v].values)
