@@ -38,6 +38,7 @@ class Reader(threading.Thread):
         self.store, self.ref = store, ref
         self.stop = threading.Event()
         self.lengths: list[int] = []
+        self.started: list[float] = []  # when each snapshot of self.lengths began
         self.unseen_chunks = 0  # snapshots taken while chunks past the visible length existed
         self.data_checks = 0
         self.problems: list[str] = []
@@ -47,6 +48,13 @@ class Reader(threading.Thread):
         return any((self.store / v / "c" / str(t)).exists() for v in ("red", "count") for t in range(n, 3))
 
     def snapshot(self) -> None:
+        self.started.append(time.monotonic())
+        try:
+            self._snapshot()
+        finally:
+            del self.started[len(self.lengths):]  # a snapshot that recorded no length
+
+    def _snapshot(self) -> None:
         manifest_path = self.store / "_cubeless" / "manifest.json"
         manifest = read_json(manifest_path) if manifest_path.exists() else None
         try:
@@ -98,10 +106,14 @@ def test_readers_never_see_half_a_run(tmp_path: Path, stac: str, reference: Call
     phases: list[tuple[str, Any]] = []
     try:
         for variant in ("may", "full"):
-            mark = len(reader.lengths)
+            # A phase holds the snapshots that began during its run: a snapshot begun before
+            # the previous run committed may end after it (a slow open on a loaded machine).
+            t0 = time.monotonic()
             out = run_local(make_spec(stac, store, variant), policy=POLICY)
             assert out.complete, out.manifest
-            phases.append((variant, reader.lengths[mark:]))
+            t1 = time.monotonic()
+            phases.append((variant, [n for n, t in zip(list(reader.lengths), list(reader.started))
+                                     if t0 <= t < t1]))
         time.sleep(0.2)
     finally:
         reader.stop.set()
