@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -140,4 +141,10 @@ def cli(*args: str, env: dict[str, str], timeout: float = 600) -> "subprocess.Co
 def cli_popen(*args: str, env: dict[str, str]) -> "subprocess.Popen[str]":
     """Start `cubeless` in its own session (so the test can kill it and its workers at once)."""
     return subprocess.Popen([CUBELESS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True, preexec_fn=_sigint_default)
+
+
+def _sigint_default() -> None:
+    """Ctrl-C as from a terminal: a test session started in the background of a non-interactive
+    shell (``cmd &``) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
