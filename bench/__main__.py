@@ -303,7 +303,24 @@ def section_4(ctx: dict[str, Any], rows: list[Row], notes: list[str]) -> None:
                         f"{p['seconds']:.0f} s (plan {p['plan_s']:.0f} s, search {p['search_s']:.0f} s), peak "
                         f"{p['peak_mb']:,.0f} MB; {p['tasks']:,} tasks, {p['items_received']:,} items in {p['pages']} pages "
                         f"({p['partitions']} partitions, {p['halvings']} halved), task list "
-                        f"{p['task_list_bytes'] / 1e9:.2f} GB", f"{planner.GOAL_PLAN_S / p['seconds']:.2f} of time goal", ok))
+                        f"{p['task_list_bytes'] / 1e6:.0f} MB (items stored once)", f"{planner.GOAL_PLAN_S / p['seconds']:.2f} of time goal", ok))
+        r = by["resume"]
+        ok = r["seconds"] <= planner.GOAL_RESUME_S and r["peak_mb"] <= planner.GOAL_RESUME_MB
+        rows.append(Row("4f", "Planner: resume of the Brazil-year run (half its tasks done): find the run, stream the "
+                        "pending tasks from the task list into SQS batches (no network)",
+                        f"<= {planner.GOAL_RESUME_S:g} s, <= {planner.GOAL_RESUME_MB:g} MB",
+                        f"{r['seconds']:.1f} s (prepare {r['prepare_s']:.1f} s), peak {r['peak_mb']:,.0f} MB; "
+                        f"{r['pending']:,} pending tasks ({r['already_done']:,} done) in {r['batches']:,} batches, "
+                        f"{r['body_bytes_per_task'] / 1024:.1f} KiB per message",
+                        f"{planner.GOAL_RESUME_S / r['seconds']:.1f}x time headroom", ok))
+        if by.get("plan10"):
+            q = by["plan10"]
+            ok = q["seconds"] <= planner.GOAL_10M_S and q["peak_mb"] <= planner.GOAL_10M_MB
+            rows.append(Row("4g", "Planner: the Brazil-year plan at 10 m (0.00009 deg, chunk 1200, max_tasks raised), "
+                            "incl. writing the task list", f"<= {planner.GOAL_10M_S:g} s, <= {planner.GOAL_10M_MB:g} MB",
+                            f"{q['seconds']:.0f} s (plan {q['plan_s']:.0f} s), peak {q['peak_mb']:,.0f} MB; "
+                            f"{q['tasks']:,} tasks, task list {q['task_list_bytes'] / 1e6:.0f} MB",
+                            f"{planner.GOAL_10M_S / q['seconds']:.2f} of time goal", ok))
         rows.append(Row("4e", "Planner: search throughput, one month of Brazil, with / without `fields`", "-",
                         f"{mf['items_per_s']:,.0f} / {mu['items_per_s']:,.0f} items/s, {mf['bytes_per_item'] / 1024:.1f} / "
                         f"{mu['bytes_per_item'] / 1024:.1f} KiB per item, {mf['pages']} / {mu['pages']} pages", "-", None))

@@ -146,34 +146,92 @@ GOAL_PLAN_S = 120.0
 GOAL_PLAN_MB = 1536.0
 
 
+#: The 10 m case: the same Brazil year at 0.00009 deg (about 10 m), more tasks than the default cap.
+RESOLUTION_10M = 0.00009
+GOAL_10M_S = 600.0
+GOAL_10M_MB = 3072.0
+#: The resume path: the Brazil-year run exists with half its tasks done.
+GOAL_RESUME_S = 30.0
+GOAL_RESUME_MB = 1024.0
+
+
+def _spec(url: str, store: str, **extra: Any) -> Any:
+    from cubeless.spec import parse_spec
+
+    return parse_spec({**BRAZIL_YEAR, "stac_api": url, "store": store, **extra})
+
+
 def _child(mode: str, url: str, store: str, *args: str) -> dict[str, Any]:
-    """In a fresh process: ``plan`` (plan + task list written) or ``search`` (search only)."""
+    """In a fresh process (its peak RSS is the figure):
+
+    * ``plan [resolution max_tasks]``: plan + task list written (and the cube and run record, so
+      that ``resume`` finds the run);
+    * ``mark``: setup, not measured: done markers for every other task of the planned run;
+    * ``resume``: the planner's resume path: :func:`cubeless.runner.prepare_run` finds the run,
+      then every pending task is encoded into SQS batches (``TaskQueue._batches``, no network);
+    * ``search fields|full start end``: one search.
+    """
+    import os
     import resource
 
     from cubeless.search import SearchOptions, SearchStats, search_items
-    from cubeless.spec import parse_spec
 
-    doc = {**BRAZIL_YEAR, "stac_api": url, "store": store}
-    if mode == "search" and args:
-        doc.update(start=args[1], end=args[2])
-    spec = parse_spec(doc)
     stats = SearchStats()
-    t0 = time.perf_counter()
     out: dict[str, Any] = {}
-    if mode == "plan":
-        from cubeless.plan import make_plan
-        from cubeless.state import RunState
+    if mode == "mark":
+        from cubeless.models import TaskResult
+        from cubeless.state import RunState, list_runs
 
-        plan = make_plan(spec, search=lambda *a, **k: search_items(*a, **k, stats=stats))
+        spec = _spec(url, store)
+        state = RunState(spec.store, list_runs(spec.store)[0])
+        body = TaskResult(task_id="x", status="done").model_dump_json().encode()
+        done = os.path.join(state.root.removeprefix("file://"), "done")
+        os.makedirs(done, exist_ok=True)
+        n = 0
+        for i, tid in enumerate(state.iter_task_ids()):
+            if i % 2 == 0:
+                with open(os.path.join(done, tid + ".json"), "wb") as f:
+                    f.write(body)
+                n += 1
+        return {"marked": n}
+    t0 = time.perf_counter()
+    if mode == "resume":
+        from cubeless.aws import TaskQueue
+        from cubeless.runner import prepare_run
+
+        spec = _spec(url, store)
+        prepared = prepare_run(spec)
+        out["prepare_s"] = time.perf_counter() - t0
+        if not prepared.resumed:
+            raise RuntimeError("resume: the run was planned again instead of resumed")
+        sent = batches = body = 0
+        for batch in TaskQueue("http://127.0.0.1:1/q")._batches(prepared.todo):
+            batches += 1
+            sent += len(batch)
+            body += sum(len(e["MessageBody"]) for e in batch)
+        if sent != len(prepared.todo):
+            raise RuntimeError(f"resume: encoded {sent} of {len(prepared.todo)} pending tasks")
+        out.update(pending=sent, already_done=prepared.already_done, batches=batches, body_bytes_per_task=body / max(1, sent))
+    elif mode == "plan":
+        from cubeless.plan import make_plan, record_for
+        from cubeless.state import RunState
+        from cubeless.store import ensure_cube
+
+        res = float(args[0]) if args else RESOLUTION
+        max_tasks = int(args[1]) if len(args) > 1 else 200_000
+        spec = _spec(url, store, resolution=res)
+        plan = make_plan(spec, max_tasks=max_tasks, search=lambda *a, **k: search_items(*a, **k, stats=stats))
         out["plan_s"] = time.perf_counter() - t0
         state = RunState(spec.store, plan.run_id)
+        ensure_cube(spec, plan.grid)
         state.write_tasks(plan.tasks)
+        state.write_record(record_for(plan, tasks_uri=state.tasks_uri))
         out.update(tasks=len(plan.tasks), items_used=len(plan.items), stages=plan.seconds)
-        import os
-
-        out["task_list_bytes"] = os.path.getsize(state.tasks_uri.removeprefix("file://"))
+        root = state.root.removeprefix("file://")
+        out["task_list_bytes"] = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root) if os.path.isfile(os.path.join(root, f)))
     else:
         fields = args[0] == "fields" if args else True
+        spec = _spec(url, store, **({"start": args[1], "end": args[2]} if args else {}))
         items = search_items(spec, options=SearchOptions(use_fields=fields), stats=stats)
         out["items"] = len(items)
     out.update(seconds=time.perf_counter() - t0, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -194,18 +252,23 @@ def _run_child(*args: str) -> dict[str, Any]:
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
-def brazil_year(tmp: str) -> dict[str, Any] | None:
-    """The Brazil-year plan (search + assignment + task list) in its own process, and the search
-    of one month with and without ``fields``; None when ../shared/real-items is absent."""
+def brazil_year(tmp: str, with_10m: bool = True) -> dict[str, Any] | None:
+    """The Brazil-year plan (search + assignment + task list) in its own process, its resume path
+    (half the tasks done), the search of one month with and without ``fields``, and the same plan
+    at 10 m; None when ../shared/real-items is absent."""
     from cubeless.demo.earth_search import real_items_dir, serve_earth_search
 
     if real_items_dir() is None:
         return None
     with serve_earth_search() as url:
-        plan = _run_child("plan", url, f"{tmp}/brazil-plan.zarr")
+        store = f"{tmp}/brazil-plan.zarr"
+        plan = _run_child("plan", url, store)
+        _run_child("mark", url, store)
+        resume = _run_child("resume", url, store)
         month = {f: _run_child("search", url, f"{tmp}/brazil-s.zarr", f, "2024-03-01", "2024-03-31")
                  for f in ("fields", "full")}
-    return {"plan": plan, "month": month}
+        plan10 = _run_child("plan", url, f"{tmp}/brazil-10m.zarr", str(RESOLUTION_10M), "2000000") if with_10m else None
+    return {"plan": plan, "resume": resume, "month": month, "plan10": plan10}
 
 
 if __name__ == "__main__":

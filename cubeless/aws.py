@@ -356,10 +356,24 @@ class TaskQueue:
             time.sleep(random.uniform(0, 0.1 * 2**round_))
         raise CubelessError(f"SQS kept failing {len(pending)} task messages after {SEND_ROUNDS} rounds; start the run again")
 
+    #: Batches encoded ahead of the sending threads, per thread: ``tasks`` is consumed as they send,
+    #: so a streamed task list (a resumed run) is never all in memory.
+    AHEAD_PER_THREAD = 4
+
     def enqueue(self, tasks: Iterable[Task]) -> int:
         """Send every task (one message each) in batches of 10 from several threads; return the count."""
+        from collections import deque
+
+        sent = 0
+        window: deque[Any] = deque()
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="enqueue") as pool:
-            return sum(pool.map(self._send, self._batches(tasks)))
+            for batch in self._batches(tasks):
+                window.append(pool.submit(self._send, batch))
+                if len(window) >= self.AHEAD_PER_THREAD * self.threads:
+                    sent += window.popleft().result()
+            while window:
+                sent += window.popleft().result()
+        return sent
 
     # -- receiving ---------------------------------------------------------------------------
     def receive(self, *, wait_seconds: int = 1) -> Received | None:

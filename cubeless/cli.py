@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Callable, Optional, TypeVar
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -113,6 +113,7 @@ def plan(
     """Plan a run: tiles, tasks, scenes found, bytes to read and estimated cost. Writes nothing."""
     from .fs import check_writable
     from .plan import make_plan, plan_summary
+    from .search import SearchStats
     from .spec import load_spec
     from .store import cube_state
 
@@ -120,8 +121,10 @@ def plan(
         s = load_spec(spec)
         check_writable(s.store)  # what `run` would refuse, plan says too
         committed, origin = cube_state(s)
-        with err.status("searching the catalog ..."):
-            p = make_plan(s, committed=committed, origin=origin, max_tasks=max_tasks)
+        stats = SearchStats()
+        with err.status("searching the catalog ...") as status:
+            p = make_plan(s, committed=committed, origin=origin, max_tasks=max_tasks,
+                          progress=_search_progress(status, stats), stats=stats)
         return plan_summary(p)
 
     summary = _guard(body, interrupted="interrupted: nothing was written (plan never writes)")
@@ -129,6 +132,22 @@ def plan(
         print(json.dumps(summary, indent=2))  # plain JSON on stdout: numbers stay numbers
         return
     out.print(_plan_table(summary))
+
+
+def _search_progress(status: Any, stats: Any, *, prefix: str = "") -> Callable[[int], None]:
+    """A search progress callback that shows the search's live line (pages, items, items/s,
+    partitions done) in a rich status, at most every 0.2 s."""
+    import time
+
+    last = [0.0]
+
+    def on_search(_n: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.2:
+            last[0] = now
+            status.update(f"{prefix}searching the catalog: {stats.line()}")
+
+    return on_search
 
 
 def _plan_table(summary: dict) -> Table:
@@ -186,6 +205,7 @@ def _run_with_progress(s, *, workers, timeout, retries, max_tasks):  # noqa: ANN
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .runner import Prepared, Progress, RunPolicy, run_local
+    from .search import SearchStats
 
     policy = RunPolicy(workers=workers or max(1, os.cpu_count() or 1), timeout=timeout, retries=retries)
     bar = Bar(
@@ -221,7 +241,10 @@ def _run_with_progress(s, *, workers, timeout, retries, max_tasks):  # noqa: ANN
         bar.update(state["task"], completed=p.done + p.failed, note=note)
 
     try:
-        outcome = run_local(s, policy=policy, max_tasks=max_tasks, progress=on_progress, on_prepared=on_prepared)
+        search_stats = SearchStats()
+        outcome = run_local(s, policy=policy, max_tasks=max_tasks, progress=on_progress, on_prepared=on_prepared,
+                            on_search=_search_progress(planning, search_stats, prefix=f"{s.name}: planning, "),
+                            search_stats=search_stats)
     finally:
         planning.stop()
         bar.stop()

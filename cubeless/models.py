@@ -71,18 +71,30 @@ class TaskEncoder:
     encoder per batch of tasks. Not thread-safe.
     """
 
-    def __init__(self) -> None:
-        self._items: dict[int, tuple[dict[str, Any], bytes]] = {}
+    #: Encoded items remembered (least recently used dropped): bounded memory over a stream of
+    #: tasks whose items come and go (a resumed run's :class:`~cubeless.tasklist.ItemTable`).
+    MAX_ITEMS = 16_384
+
+    def __init__(self, max_items: int = MAX_ITEMS) -> None:
+        from collections import OrderedDict
+
+        self._items: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
+        self._max = max_items
 
     def __call__(self, task: Task) -> bytes:
         from pydantic_core import to_json
 
         head = task.model_dump_json(exclude={"items"}).encode()
         parts = []
+        cache = self._items
         for item in task.items:
-            got = self._items.get(id(item))
-            if got is None:
-                got = self._items[id(item)] = (item, to_json(item))
+            got = cache.get(id(item))
+            if got is None or got[0] is not item:
+                got = cache[id(item)] = (item, to_json(item))
+                if len(cache) > self._max:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(id(item))
             parts.append(got[1])
         # ``items`` is the last field of Task, so it closes the object as model_dump_json does.
         return b"".join((head[:-1], b',"items":[', b",".join(parts), b"]}"))
@@ -115,7 +127,7 @@ class RunRecord(Model):
     tiles_total: int
     tiles_on_land: int
     items_found: int
-    tasks_uri: str  #: where the task list lives (ndjson, one Task per line)
+    tasks_uri: str  #: where the task list lives (its header; older runs: ndjson, one Task per line)
     lanes: int = 1
     created: datetime
     estimated_bytes: int = 0

@@ -470,11 +470,14 @@ def make_plan(
     region: BaseGeometry | None = None,
     max_tasks: int = DEFAULT_MAX_TASKS,
     progress: Progress | None = None,
+    stats: SearchStats | None = None,
 ) -> Plan:
     """Plan the run that fills the spec's uncommitted bins (see the module docstring).
 
     ``region`` is the lon/lat bbox or AOI (default: from the spec, loading the AOI file).
     ``search`` is called once as ``search(spec, region, datetime=..., progress=progress)``.
+    ``stats`` (the default search only) is filled as the search runs: read it in ``progress``
+    for a live line (pages, items, items/s, partitions done).
     """
     timings: dict[str, float] = {}
     bins, t0 = _fill(spec, committed, origin)
@@ -514,7 +517,7 @@ def make_plan(
         )
 
     t = time.perf_counter()
-    stats = SearchStats()
+    stats = stats if stats is not None else SearchStats()
     extra: dict[str, Any] = {"stats": stats} if search is search_items else {}
     found = search(spec, region, datetime=bins_datetime(bins), progress=progress, **extra)
     timings["search"] = time.perf_counter() - t

@@ -21,12 +21,15 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator, Sized
 
 from .hrefs import HrefPolicy
 from .models import Manifest, RunRecord, Task, TaskResult
 from .spec import CubeSpec
 from .state import CubeLock, CubeLocked, RunState
+
+if TYPE_CHECKING:
+    from .search import SearchStats
 
 #: Default ceiling on tasks per run; bigger cubes should be split or run on AWS.
 DEFAULT_MAX_TASKS = 200_000
@@ -151,8 +154,14 @@ def run_tasks(
     Done markers are written by the worker (``execute_task``); the latest failed attempt of a task
     is recorded here with ``state_for(task).mark_failed`` so the manifest can name its last error.
     """
-    queue: deque[tuple[Task, int]] = deque((t, 1) for t in tasks)
-    total = len(queue)
+    # First attempts are taken from ``tasks`` as workers free up (a resumed run's stream is never
+    # all in memory); retries wait in ``delayed`` and then in ``queue``.
+    fresh: Iterator[Task] | None = iter(tasks)
+    total = len(tasks) if isinstance(tasks, Sized) else None
+    queue: deque[tuple[Task, int]] = deque()
+    if total is None:
+        queue.extend((t, 1) for t in tasks)
+        total, fresh = len(queue), None
     if not total:
         return PoolOutcome()
     delayed: list[tuple[float, int, Task, int]] = []  # (ready at, tiebreak, task, attempt)
@@ -183,12 +192,18 @@ def run_tasks(
         report(result)
 
     try:
-        while queue or delayed or any(s.task is not None for s in pool.slots):
+        while queue or delayed or fresh is not None or any(s.task is not None for s in pool.slots):
             now = time.monotonic()
             while delayed and delayed[0][0] <= now:
                 _, _, task, attempt = heapq.heappop(delayed)
                 queue.append((task, attempt))
             for slot in pool.slots:
+                if slot.task is None and not queue and fresh is not None:
+                    nxt = next(fresh, None)
+                    if nxt is None:
+                        fresh = None
+                    else:
+                        queue.append((nxt, 1))
                 if slot.task is None and queue:
                     task, attempt = queue.popleft()
                     try:
@@ -247,7 +262,8 @@ class Prepared:
     """A run ready to execute: planned (or resumed) tasks and what is left of them."""
 
     record: RunRecord | None  #: None when the cube is already up to date
-    todo: list[Task]
+    #: Tasks left to do: a list after planning, a sized stream (:class:`~cubeless.tasklist.PendingTasks`) on resume.
+    todo: Collection[Task]
     already_done: int
     resumed: bool
     plan_seconds: float
@@ -275,6 +291,7 @@ def prepare_run(
     lanes: int = 1,
     on_search: Callable[[int], None] | None = None,
     lock: CubeLock | None = None,
+    search_stats: SearchStats | None = None,
 ) -> Prepared:
     """Plan a run, or find the interrupted run of the same spec and what it still has to do.
 
@@ -294,7 +311,7 @@ def prepare_run(
             return Prepared(None, [], 0, False, time.perf_counter() - t0)
         state = RunState(spec.store, run_id_for(spec, bins))
         plan = None if state.exists() else make_plan(
-            spec, committed=committed, origin=origin, max_tasks=max_tasks, progress=on_search
+            spec, committed=committed, origin=origin, max_tasks=max_tasks, progress=on_search, stats=search_stats
         )
         if lock is not None and not lock.held:
             lock.acquire(state.run_id)
@@ -303,28 +320,27 @@ def prepare_run(
         break
     if state.exists():  # an interrupted run (possibly planned by a run that ended while we planned)
         record = state.read_record()
-        tasks = list(state.iter_tasks())
-        resumed = True
-    else:
-        assert plan is not None
-        with warnings.catch_warnings():  # the lock's `_cubeless/` is there before the cube: zarr notices
-            warnings.filterwarnings("ignore", message="Object at _cubeless is not recognized", category=UserWarning)
-            ensure_cube(spec, plan.grid)
-        record = record_for(plan, tasks_uri=state.tasks_uri, lanes=lanes)
-        if spec.format == "icechunk":  # the run's Icechunk session and the fork its tasks write through
-            from .store import stage_run
+        # Streamed: the todo list is read from the task list as it is consumed, never all at once.
+        todo: Collection[Task] = state.pending()
+        return Prepared(record, todo, record.task_count - len(todo), True, time.perf_counter() - t0,
+                        empty_bins=tuple(state.empty_bins()))
+    assert plan is not None
+    with warnings.catch_warnings():  # the lock's `_cubeless/` is there before the cube: zarr notices
+        warnings.filterwarnings("ignore", message="Object at _cubeless is not recognized", category=UserWarning)
+        ensure_cube(spec, plan.grid)
+    record = record_for(plan, tasks_uri=state.tasks_uri, lanes=lanes)
+    if spec.format == "icechunk":  # the run's Icechunk session and the fork its tasks write through
+        from .store import stage_run
 
-            stage_run(state, record.bins)
-        state.write_tasks(plan.tasks)
-        state.write_record(record)  # written last: its presence means the task list is whole
-        tasks = plan.tasks
-        resumed = False
+        stage_run(state, record.bins)
+    state.write_tasks(plan.tasks)
+    state.write_record(record)  # written last: its presence means the task list is whole
     done = state.done_ids()
-    todo = [t for t in tasks if t.task_id not in done]
+    todo = [t for t in plan.tasks if t.task_id not in done]
     from .plan import empty_bins
 
-    return Prepared(record, todo, len(tasks) - len(todo), resumed, time.perf_counter() - t0,
-                    empty_bins=tuple(empty_bins(tasks)))
+    return Prepared(record, todo, len(plan.tasks) - len(todo), False, time.perf_counter() - t0,
+                    empty_bins=tuple(empty_bins(plan.tasks)))
 
 
 def run_local(
@@ -335,6 +351,8 @@ def run_local(
     max_tasks: int = DEFAULT_MAX_TASKS,
     progress: Callable[[Progress], None] | None = None,
     on_prepared: Callable[[Prepared], None] | None = None,
+    on_search: Callable[[int], None] | None = None,
+    search_stats: SearchStats | None = None,
 ) -> RunOutcome:
     """Plan (or resume), execute every missing task, and commit. Returns the manifest.
 
@@ -345,7 +363,7 @@ def run_local(
 
     t0 = time.perf_counter()
     with CubeLock(spec.store) as lock:  # one run per cube at a time; held until the commit is done
-        prepared = prepare_run(spec, max_tasks=max_tasks, lock=lock)
+        prepared = prepare_run(spec, max_tasks=max_tasks, lock=lock, on_search=on_search, search_stats=search_stats)
         if on_prepared:
             on_prepared(prepared)
         if prepared.record is None:

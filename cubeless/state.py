@@ -3,13 +3,17 @@
 Everything lives under ``<store>/_cubeless/runs/<run_id>/``::
 
     run.json               RunRecord
-    tasks.ndjson           planned tasks, one Task per line (the SQS message bodies)
-    tasks.index.json       compact companion: task ids, the spec, item ids (what the commit reads)
+    tasks.json             the task list's header, then its rows and item table
+    tasks.rows.zst         (:mod:`cubeless.tasklist`): each minimal item stored once per run
+    items.ndjson.zst
     done/<task_id>.json    TaskResult of the attempt that finished the task
     failed/<task_id>.json  TaskResult of the latest failed attempt
     dead/<task_id>.json    DeadMarker: the task's last try (AWS: receive count = the queue's
                            maxReceiveCount) started or failed; SQS dead-letters it next
     manifest.json          written by the commit step
+
+Runs planned before the item table (``tasks.ndjson``, one whole Task per line, and
+``tasks.index.json``) are still read, through the same methods.
 
 Every write is a single-object put (atomic on S3, temp-file-and-rename locally), so concurrent
 workers never see a torn marker. "Which tasks are done" is ONE listing of ``done/`` (paginated on
@@ -32,8 +36,9 @@ from pydantic import BaseModel, ConfigDict
 
 from . import fs
 from .errors import UserError
-from .models import RunRecord, Task, TaskEncoder, TaskResult
+from .models import RunRecord, Task, TaskResult
 from .spec import CubeSpec
+from .tasklist import HEADER, PendingTasks, TaskList, write_task_list
 
 RUNS_PREFIX = "_cubeless/runs"
 _MARKER_SUFFIX = ".json"
@@ -59,10 +64,17 @@ class RunState:
 
     @property
     def tasks_uri(self) -> str:
+        """The task list (its header; :mod:`cubeless.tasklist`)."""
+        return fs.join(self.root, HEADER)
+
+    @property
+    def legacy_tasks_uri(self) -> str:
+        """The task list of a run planned before the item table (one whole Task per line)."""
         return fs.join(self.root, "tasks.ndjson")
 
     @property
     def index_uri(self) -> str:
+        """The legacy task list's compact index."""
         return fs.join(self.root, "tasks.index.json")
 
     @property
@@ -94,51 +106,67 @@ class RunState:
 
     # -- task list --------------------------------------------------------------------------------
     def write_tasks(self, tasks: Iterable[Task], *, spec: CubeSpec | None = None) -> str:
-        """Stream the planned tasks to ``tasks.ndjson`` (and its compact index); return its URI.
+        """Stream the planned tasks into the task list (item table + compact rows); return its URI.
 
-        One pass, constant memory for the task bodies; the object appears whole or not at all.
-        ``spec`` is recorded in the index (default: the first task's), so that a run without
-        tasks can still be committed.
+        One pass; each item is encoded once, memory holds only the item ids seen. The files appear
+        whole or not at all. ``spec`` is recorded (default: the first task's), so that a run
+        without tasks can still be committed.
         """
-        ids: list[str] = []
-        seen: set[str] = set()
-        item_pos: dict[str, int] = {}
-        task_items: list[list[int]] = []
-        spec_doc: Any = None if spec is None else spec.model_dump(mode="json")
-        encode = TaskEncoder()
-        with _AtomicWriter(self.tasks_uri) as out:
-            for task in tasks:
-                tid = task.task_id
-                if task.run_id != self.run_id:
-                    raise ValueError(f"task {tid} belongs to run {task.run_id}, not {self.run_id}")
-                if tid in seen:
-                    raise ValueError(f"task id {tid} is planned twice; each tile x bin is one task")
-                seen.add(tid)
-                if spec_doc is None:
-                    spec_doc = task.spec.model_dump(mode="json")
-                out.write(encode(task))
-                out.write(b"\n")
-                ids.append(tid)
-                refs = []
-                for item in task.items:
-                    iid = item.get("id")
-                    if isinstance(iid, str):
-                        refs.append(item_pos.setdefault(iid, len(item_pos)))
-                task_items.append(refs)
-        index = {"count": len(ids), "ids": ids, "spec": spec_doc, "items": list(item_pos), "task_items": task_items}
-        fs.put_bytes(self.index_uri, json.dumps(index, separators=(",", ":")).encode())
+        write_task_list(self.root, tasks, run_id=self.run_id, spec=spec, atomic=_AtomicWriter)
         return self.tasks_uri
 
-    def iter_tasks(self) -> Iterator[Task]:
-        """The planned tasks, streamed line by line."""
-        fsys, path = fs.filesystem(self.tasks_uri)
+    def task_list(self) -> TaskList | None:
+        """The stored task list (streaming API), None for a legacy run; FileNotFoundError if none."""
+        try:
+            return TaskList.open(self.root)
+        except FileNotFoundError:
+            if fs.exists(self.legacy_tasks_uri):
+                return None
+            raise
+
+    def iter_tasks(self, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[Task]:
+        """The planned tasks (except the ids in ``skip``), streamed in plan order."""
+        tl = self.task_list()
+        if tl is not None:
+            yield from tl.tasks(skip)
+            return
+        fsys, path = fs.filesystem(self.legacy_tasks_uri)
         with fsys.open(path, "rb") as f:
             for line in f:
                 if line.strip():
-                    yield Task.model_validate_json(line)
+                    task = Task.model_validate_json(line)
+                    if task.task_id not in skip:
+                        yield task
+
+    def iter_task_ids(self) -> Iterator[str]:
+        """Planned task ids in plan order, streamed (never a Task built)."""
+        tl = self.task_list()
+        if tl is not None:
+            yield from tl.ids()
+        else:
+            yield from self.read_index()["ids"]
+
+    def pending(self, done: set[str] | None = None) -> PendingTasks:
+        """The planned tasks not in ``done`` (default: the done markers): sized, streamed on iteration."""
+        done = self.done_ids() if done is None else done
+        return PendingTasks(self.iter_task_ids, self.iter_tasks, done)
 
     def read_index(self) -> dict[str, Any]:
-        """The compact task index (ids, spec, item ids); rebuilt from the task list if absent."""
+        """The compact task index: ``count``, ``ids``, ``spec``, ``items`` (item ids) and
+        ``task_items`` (per task, positions in ``items``); streamed from the rows, no Task built."""
+        tl = self.task_list()
+        if tl is not None:
+            ids: list[str] = []
+            refs: list[list[int]] = []
+            for row in tl.rows():
+                ids.append(row.task_id)
+                refs.append(row.items)
+            h = tl.header
+            spec_doc = None if h.spec is None else h.spec.model_dump(mode="json")
+            return {"count": h.count, "ids": ids, "spec": spec_doc, "items": list(h.item_ids), "task_items": refs}
+        return self._legacy_index()
+
+    def _legacy_index(self) -> dict[str, Any]:
         try:
             doc: dict[str, Any] = json.loads(fs.get_bytes(self.index_uri))
             return doc
@@ -157,12 +185,27 @@ class RunState:
             )
         return {"count": len(ids), "ids": ids, "spec": spec_doc, "items": list(item_pos), "task_items": task_items}
 
+    def empty_bins(self) -> list[str]:
+        """Labels of the run's bins no task has a scene for (streamed from the compact rows)."""
+        tl = self.task_list()
+        if tl is None:
+            from .plan import empty_bins
+
+            return empty_bins(self.iter_tasks())
+        has: dict[int, bool] = {}
+        for row in tl.rows():
+            has[row.bin] = has.get(row.bin, False) or bool(row.items)
+        return sorted(tl.header.bins[b].label for b, any_scene in has.items() if not any_scene)
+
     def task_ids(self) -> list[str]:
-        """Planned task ids, in plan order (from the compact index)."""
-        return list(self.read_index()["ids"])
+        """Planned task ids, in plan order."""
+        return list(self.iter_task_ids())
 
     def spec(self) -> CubeSpec | None:
-        """The run's spec (as carried by its tasks), or None for a run without tasks."""
+        """The run's spec (as recorded with its tasks), or None for a run without tasks."""
+        tl = self.task_list()
+        if tl is not None:
+            return tl.header.spec
         doc = self.read_index().get("spec")
         return None if doc is None else CubeSpec.model_validate(doc)
 

@@ -23,7 +23,7 @@ from cubeless.demo.stac_server import serve_stac
 from cubeless.demo.synthetic import SceneSet
 from cubeless.errors import HrefNotAllowed
 from cubeless.hrefs import HrefPolicy
-from cubeless.models import Task
+from cubeless.state import RunState
 from cubeless.plan import make_plan
 from cubeless.runner import RunPolicy, run_local
 
@@ -53,7 +53,7 @@ def test_forbidden_hrefs_fail_before_any_request(tmp_path: Path, synth: SceneSet
             out = run_local(spec, policy=RunPolicy(workers=2, timeout=120, retries=1, backoff=0.1), hrefs=POLICY)
             took = time.monotonic() - t0
         run_dir = next(Path(store, "_cubeless", "runs").iterdir())
-        tasks = [Task.model_validate_json(line) for line in (run_dir / "tasks.ndjson").open()]
+        tasks = list(RunState(str(store), run_dir.name).iter_tasks())
 
         # Straight through compose too, each forbidden item alone in its task: refused, by name.
         for iid, (_key, href) in forbidden.items():

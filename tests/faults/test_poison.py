@@ -22,7 +22,7 @@ from faultkit import assert_identical, markers, read_json
 from cubeless.commit import read_manifest
 from cubeless.demo.stac_server import serve_stac
 from cubeless.demo.synthetic import SceneSet
-from cubeless.models import Task
+from cubeless.state import RunState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-b")]
 
@@ -61,7 +61,7 @@ def test_poison_task_fails_alone_and_is_redone_after_the_fix(
         assert failed and manifest.tasks_failed == len(failed) and not manifest.missing
         assert manifest.tasks_done == manifest.tasks_planned - len(failed) == 12 - len(failed)
         assert all(t.startswith("2024-07-01.") for t in failed), failed
-        tasks = [Task.model_validate_json(line) for line in Path(store, "_cubeless", "runs", run_id, "tasks.ndjson").open()]
+        tasks = list(RunState(str(store), run_id).iter_tasks())
         poisoned = sorted(t.task_id for t in tasks if any(i["id"] == POISONED for i in t.items))
         assert failed == poisoned, "exactly the tasks reading the garbage COG fail"
         for tid in failed:

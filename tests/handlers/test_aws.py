@@ -82,6 +82,33 @@ def test_enqueue_sends_batches_of_ten_and_tasks_come_back(queues: Queues, run: R
     assert queue.depth().total == 0
 
 
+def test_enqueue_consumes_a_stream_as_it_sends(run: Run) -> None:
+    # A resumed run's pending tasks are a stream: enqueue must not encode it all before sending.
+    tasks = tasks_of(run, 400)
+    pulled = [0]
+    ahead: list[int] = []
+
+    def stream():
+        for t in tasks:
+            pulled[0] += 1
+            yield t
+
+    class Sink:
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def send_message_batch(self, QueueUrl: str, Entries: list) -> dict:
+            time.sleep(0.002)
+            self.sent += len(Entries)
+            ahead.append(pulled[0] - self.sent)
+            return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    queue = TaskQueue("https://sqs.us-east-1.amazonaws.com/1/q", sqs=Sink(), threads=2)
+    assert queue.enqueue(stream()) == 400
+    window = (TaskQueue.AHEAD_PER_THREAD * 2 + 2) * BATCH_ENTRIES
+    assert max(ahead) <= window < 400
+
+
 def test_a_task_retried_later_comes_back_with_its_receive_count(queues: Queues, run: Run) -> None:
     queue = queues.queue()
     queue.enqueue(run.tasks[:1])

@@ -366,3 +366,17 @@ def test_client_error_is_not_retried(proxy):
         search_items(spec_for(url), options=FAST)
     assert "rejected the search (HTTP 400" in str(e.value)
     assert sum(1 for m, p, s in f.log if m == "POST" and s == 400) == 1
+
+
+def test_plan_progress_can_show_the_live_search_line(rustac):
+    # What `cubeless plan` / `run` show while searching: the stats handed to make_plan are filled
+    # as pages arrive, so the progress callback reads pages, items, items/s and partitions done.
+    from cubeless.search import SearchStats
+
+    stats = SearchStats()
+    seen: list[tuple[int, int, str]] = []
+    plan = make_plan(spec_for(rustac), progress=lambda n: seen.append((n, stats.pages, stats.line())), stats=stats)
+    n, pages, line = seen[-1]
+    assert n == stats.kept == len(IN_RANGE) and pages >= 1
+    assert line.startswith(f"{pages} pages, {n:,} items") and "items/s" in line and "partitions" in line
+    assert plan.search_stats["pages"] == stats.pages and plan.items_found == len(IN_RANGE)

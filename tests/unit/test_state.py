@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import date, datetime, timezone
@@ -31,7 +32,8 @@ def make_tasks(s, n: int, run_id: str = "run-1", items_per_task: int = 2) -> lis
     tile = tile_at(gb, s.chunk, 0, 0)
     out = []
     for i in range(n):
-        items = [{"id": f"S2_{(i + k) % 50}", "assets": {"red": {"href": f"https://x/{i}/{k}.tif"}}} for k in range(items_per_task)]
+        # An item id is one item: the same content wherever it is used (the task list stores it once).
+        items = [{"id": f"S2_{(i + k) % 50}", "assets": {"red": {"href": f"https://x/{(i + k) % 50}.tif"}}} for k in range(items_per_task)]
         t = tile.model_copy(update={"iy": i // 1000, "ix": i % 1000})
         out.append(Task(run_id=run_id, spec=s, grid=grid, tile=t, bin=BIN, t=0, items=items))
     return out
@@ -61,21 +63,100 @@ def test_record_roundtrip_and_exists(tmp_path):
         RunState(s.store, "../x")
 
 
-def test_tasks_stream_roundtrip_and_index(tmp_path):
+def test_tasks_stream_roundtrip_items_stored_once(tmp_path):
     s = spec(tmp_path)
     st = RunState(s.store, "run-1")
     tasks = make_tasks(s, 5)
     uri = st.write_tasks(iter(tasks))
-    assert uri == st.tasks_uri and uri.endswith("_cubeless/runs/run-1/tasks.ndjson")
+    assert uri == st.tasks_uri and uri.endswith("_cubeless/runs/run-1/tasks.json")
     assert list(st.iter_tasks()) == tasks
+    assert [t.model_dump_json() for t in st.iter_tasks()] == [t.model_dump_json() for t in tasks]
     assert st.task_ids() == [t.task_id for t in tasks]
     assert st.spec() == s
     idx = st.read_index()
     assert idx["count"] == 5 and sorted(idx["items"]) == [f"S2_{i}" for i in range(6)]
     assert [[idx["items"][p] for p in refs] for refs in idx["task_items"]] == [[i["id"] for i in t.items] for t in tasks]
-    # Without the index the same content is rebuilt from the task list.
-    os.remove(st.index_uri)
-    assert st.read_index() == idx
+    # Each item is in the table once (10 references, 6 items), in order of first use.
+    tl = st.task_list()
+    assert tl is not None and len(tl) == 5
+    assert [i["id"] for i in tl.items()] == [f"S2_{i}" for i in range(6)]
+    assert not os.path.exists(st.legacy_tasks_uri)
+
+
+def test_item_table_decodes_a_bounded_window(tmp_path, monkeypatch):
+    import cubeless.tasklist as tasklist
+
+    monkeypatch.setattr(tasklist, "BLOCK_BYTES", 200)  # a block per item or two
+    s = spec(tmp_path)
+    st = RunState(s.store, "run-1")
+    tasks = make_tasks(s, 60, items_per_task=3)
+    st.write_tasks(tasks)
+    tl = st.task_list()
+    assert tl is not None
+    table = tl.items(cached_blocks=2)
+    assert len(table._frames) > 10 and len(table) == 50
+    got = list(tl.tasks(items=table))
+    assert got == tasks
+    assert len(table._cache) <= 2 and table.blocks_decoded > len(table._frames)
+    # Skipped tasks are not built; rows are compact tuples.
+    skip = {t.task_id for t in tasks[::2]}
+    assert [t.task_id for t in st.iter_tasks(skip)] == [t.task_id for t in tasks[1::2]]
+    row = next(tl.rows())
+    assert row.task_id == tasks[0].task_id and row.items == [0, 1, 2] and row.tile[:2] == (0, 0)
+
+
+def test_pending_is_sized_and_streams_what_is_not_done(tmp_path):
+    s = spec(tmp_path)
+    st = RunState(s.store, "run-1")
+    tasks = make_tasks(s, 6)
+    st.write_tasks(tasks)
+    for t in tasks[:4]:
+        st.mark_done(TaskResult(task_id=t.task_id, status="done"))
+    todo = st.pending()
+    assert len(todo) == 2 and bool(todo)
+    assert list(todo) == tasks[4:] and list(todo) == tasks[4:]  # re-iterable
+
+
+def test_legacy_run_is_read_and_a_newer_format_refused(tmp_path):
+    from cubeless.errors import PlanError
+
+    s = spec(tmp_path)
+    st = RunState(s.store, "old")
+    tasks = make_tasks(s, 4, run_id="old")
+    os.makedirs(st.root)
+    with open(st.legacy_tasks_uri, "w") as f:  # a run planned before the item table
+        f.writelines(t.model_dump_json() + "\n" for t in tasks)
+    assert st.task_list() is None
+    assert list(st.iter_tasks()) == tasks and st.task_ids() == [t.task_id for t in tasks]
+    assert st.spec() == s
+    idx = st.read_index()
+    assert idx["count"] == 4 and [[idx["items"][p] for p in r] for r in idx["task_items"]] == [[i["id"] for i in t.items] for t in tasks]
+    st.mark_done(TaskResult(task_id=tasks[0].task_id, status="done"))
+    assert list(st.pending()) == tasks[1:]
+
+    new = RunState(s.store, "new")
+    new.write_tasks(make_tasks(s, 2, run_id="new"))
+    with open(new.tasks_uri) as f:
+        doc = json.load(f)
+    with open(new.tasks_uri, "w") as f:
+        json.dump({**doc, "format": 3}, f)
+    with pytest.raises(PlanError, match="task list format 3, this cubeless reads 2; use the cubeless version"):
+        list(new.iter_tasks())
+
+
+def test_no_task_list_is_file_not_found(tmp_path):
+    st = RunState(spec(tmp_path).store, "none")
+    with pytest.raises(FileNotFoundError):
+        st.task_ids()
+
+
+def test_task_encoder_with_a_small_cache_gives_the_same_bytes(tmp_path):
+    from cubeless.models import TaskEncoder
+
+    tasks = make_tasks(spec(tmp_path), 30, items_per_task=4)
+    encode = TaskEncoder(max_items=3)
+    assert [encode(t) for t in tasks] == [t.model_dump_json().encode() for t in tasks]
+    assert len(encode._items) == 3
 
 
 def test_write_tasks_refuses_duplicates_and_foreign_runs_without_publishing(tmp_path):
@@ -88,6 +169,7 @@ def test_write_tasks_refuses_duplicates_and_foreign_runs_without_publishing(tmp_
         st.write_tasks(make_tasks(s, 2, run_id="run-2"))
     assert not os.path.exists(st.tasks_uri)
     assert not [f for f in os.listdir(os.path.dirname(st.tasks_uri)) if f.endswith(".partial")]
+    assert os.listdir(os.path.dirname(st.tasks_uri)) == []
 
 
 def test_empty_run_records_its_spec(tmp_path):
@@ -136,7 +218,7 @@ def test_100000_tasks_stream_fast(tmp_path):
     t0 = time.perf_counter()
     n = sum(1 for _ in st.iter_tasks())
     t_iter = time.perf_counter() - t0
-    size = os.path.getsize(st.tasks_uri) / 2**20
+    size = sum(os.path.getsize(os.path.join(st.root, f)) for f in os.listdir(st.root)) / 2**20
     print(f"\n100,000 tasks: write {t_write:.2f} s ({size:.0f} MiB), ids {t_ids:.2f} s, iter {t_iter:.2f} s")
     assert len(ids) == n == 100_000
     assert t_write < 30 and t_ids < 5
