@@ -181,7 +181,11 @@ def run_tasks(
         result = TaskResult(
             task_id=task.task_id, status="failed", attempts=attempt, error=error, seconds=round(seconds, 3)
         )
-        state_for(task).mark_failed(result)
+        try:
+            state_for(task).mark_failed(result)
+        except OSError as exc:  # the store's disk is full (or gone): the result is kept here and the
+            # caller reports it; the run stays resumable (a task without a done marker is redone)
+            result = result.model_copy(update={"error": f"{error} (its failed marker could not be written: {exc})"})
         if attempt <= policy.retries:
             retried += 1
             delay = random.uniform(0, min(20.0, policy.backoff * 2 ** (attempt - 1)))
