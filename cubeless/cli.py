@@ -6,6 +6,7 @@ writes nothing. An incomplete run exits 1; a complete cube exits 0.
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
@@ -51,23 +52,15 @@ def _guard(fn: Callable[[], T], *, interrupted: str = RESUME) -> T:
         # which rich would otherwise take for markup tags and silently drop.
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except OSError as exc:
-        import errno
-
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            line = storage_problem(exc)  # aiohttp's connection errors are OSErrors
-            if line is None:
-                raise
-            err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        # A full disk is not bad input: the run is incomplete (exit 1) and resumable.
-        where = f" writing {exc.filename}" if exc.filename else ""
-        err.print(f"[bold red]error:[/] no space left on the device{escape(where)}; free some space (or choose "
-                  "another store), then run the same command again: a run resumes where it stopped",
-                  highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
     except Exception as exc:  # noqa: BLE001 - S3 without credentials/endpoint/region is bad input too
-        line = storage_problem(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A full disk is not bad input: the run is incomplete (exit 1) and resumable.
+            where = f" writing {exc.filename}" if exc.filename else ""
+            err.print(f"[bold red]error:[/] no space left on the device{escape(where)}; free some space (or choose "
+                      "another store), then run the same command again: a run resumes where it stopped",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        line = storage_problem(exc)  # also aiohttp's connection errors, which are OSErrors
         if line is None:
             raise
         err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
