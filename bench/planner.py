@@ -220,7 +220,7 @@ def _child(mode: str, url: str, store: str, *args: str) -> dict[str, Any]:
         res = float(args[0]) if args else RESOLUTION
         max_tasks = int(args[1]) if len(args) > 1 else 200_000
         spec = _spec(url, store, resolution=res)
-        plan = make_plan(spec, max_tasks=max_tasks, search=lambda *a, **k: search_items(*a, **k, stats=stats))
+        plan = make_plan(spec, max_tasks=max_tasks, stats=stats)  # the default search, as the planner runs it
         out["plan_s"] = time.perf_counter() - t0
         state = RunState(spec.store, plan.run_id)
         ensure_cube(spec, plan.grid)

@@ -91,7 +91,7 @@ EXTENSION_KEYS = ("/eo/", "/projection/", "/raster/", "/file/")
 BYTES_PER_PIXEL = 2
 METRES_PER_DEGREE = 111_320.0
 #: The planner Lambda's memory (infra settings ``planner_memory_mb``), for the search's cost.
-PLANNER_MEMORY_MB = 3008
+PLANNER_MEMORY_MB = 4096
 
 
 # ------------------------------------------------------------------------------------------------
@@ -519,11 +519,12 @@ def make_plan(
     t = time.perf_counter()
     stats = stats if stats is not None else SearchStats()
     extra: dict[str, Any] = {"stats": stats} if search is search_items else {}
-    found = search(spec, region, datetime=bins_datetime(bins), progress=progress, **extra)
+    # In a list that _assign empties: the items no task uses are freed as soon as it has sorted them.
+    found = [search(spec, region, datetime=bins_datetime(bins), progress=progress, **extra)]
     timings["search"] = time.perf_counter() - t
 
-    with _gc_paused():
-        plan = _assign(spec, sel, tiles, bins, t0, grid, run_id, found, n_tasks, timings)
+    with _gc_paused():  # the default search returns the items in their minimal form already
+        plan = _assign(spec, sel, tiles, bins, t0, grid, run_id, found, n_tasks, timings, already_minimal=search is search_items)
     if not extra:
         return plan
     from dataclasses import replace
@@ -559,20 +560,30 @@ def _assign(
     t0: int,
     grid: Grid,
     run_id: str,
-    found: list[dict[str, Any]],
+    found_box: list[list[dict[str, Any]]],
     n_tasks: int,
     timings: dict[str, float],
+    *,
+    already_minimal: bool = False,
 ) -> Plan:
-    """Items -> (tile, bin) tasks, minimal items, estimates: the body of :func:`make_plan`."""
+    """Items -> (tile, bin) tasks, minimal items, estimates: the body of :func:`make_plan`.
+
+    ``already_minimal``: the items are :func:`minimal_item` forms of the spec's assets already (as the
+    default search returns them); they are used as they are, not copied (a Brazil-year's
+    111,554 used items: ~1 GB of copies less at the peak). ``found_box`` holds the search's
+    result, which is taken out of it (and dropped once sorted)."""
     t = time.perf_counter()
     assets = [*spec.bands, spec.mask.scl_band]
     # Items in a bin, with a footprint, sorted by (datetime, id): the index is the item's rank.
     dated: list[tuple[datetime, str, Mapping[str, Any]]] = []
+    found = found_box.pop()
+    items_found = len(found)
     for item in found:
         if cloud_ok(item, spec.max_cloud_cover):
             dt = item_datetime(item)
             if dt is not None:
                 dated.append((dt, str(item.get("id")), item))
+    del found
     bin_of = _bin_index(bins, [d.date() for d, _, _ in dated])
     placed = [(d, iid, int(b), item) for (d, iid, item), b in zip(dated, bin_of.tolist()) if b >= 0]
     placed.sort(key=lambda p: (p[0], p[1]))
@@ -614,7 +625,9 @@ def _assign(
     used = np.unique(pair_item).tolist() if pair_item.size else []
     minimal: list[dict[str, Any]] = [{} for _ in keep]
     for i in used:
-        minimal[i] = minimal_item(unique[keep[i]][1], assets)
+        item = unique[keep[i]][1]
+        minimal[i] = item if already_minimal else minimal_item(item, assets)  # type: ignore[assignment]
+    del dated, placed, unique, shapes
 
     # Estimated bytes read, per pair (item, tile), summed per task.
     pair_bytes = _pair_bytes(spec, sel, tiles, tile_polys, minimal, used, geoms, assets, pair_item, pair_tile)
@@ -622,14 +635,15 @@ def _assign(
     timings["assign"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    items_of = pair_item.tolist()
+    del key, order, pair_tile
     off = offsets.tolist()
     make = _task_factory(run_id=run_id, spec=spec, grid=grid)
     tasks: list[Task] = []
+    # One slice of the pair array per task (pair_item.tolist() at 10 m: 24 M ints, ~0.9 GB).
     for ti, tile in enumerate(tiles):
         for bi, tb in enumerate(bins):
             k = ti * nb + bi
-            tasks.append(make(tile=tile, bin=tb, t=t0 + bi, items=[minimal[i] for i in items_of[off[k] : off[k + 1]]]))
+            tasks.append(make(tile=tile, bin=tb, t=t0 + bi, items=[minimal[i] for i in pair_item[off[k] : off[k + 1]].tolist()]))
     timings["tasks"] = time.perf_counter() - t
 
     task_bytes = [int(round(v)) for v in task_bytes_arr.tolist()]
@@ -653,7 +667,7 @@ def _assign(
         estimated_bytes=int(sum(task_bytes)),
         task_bytes=task_bytes,
         scenes=stats,
-        items_found=len(found),
+        items_found=items_found,
         seconds=timings,
     )
 

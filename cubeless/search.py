@@ -40,6 +40,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from sys import intern
 from datetime import datetime as _datetime
 from datetime import timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
@@ -228,6 +229,17 @@ def _search_geometry(spec: CubeSpec, region: BaseGeometry | None) -> dict[str, A
     return {"intersects": mapping(geom)}
 
 
+def _decode(body: bytes) -> Any:
+    """A search page's JSON (msgspec: a few times faster than ``json``, which took an eighth of the
+    search's client CPU); raises ValueError when it is not JSON."""
+    import msgspec
+
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as err:
+        raise ValueError(str(err)) from None
+
+
 def cloud_ok(item: dict[str, Any], max_cloud_cover: float | None) -> bool:
     """True if the item passes ``max_cloud_cover`` (items without ``eo:cloud_cover`` pass)."""
     if max_cloud_cover is None:
@@ -282,6 +294,8 @@ class Sharer:
 
     About half the Python memory of minimal items (a 145,000-item search: ~10 KB -> ~5 KB each).
     Items are read-only after this (their parts may be shared). Thread-safe (dict ``setdefault``).
+    A value's key is its msgspec JSON with sorted keys (C; ``json.dumps(sort_keys=True)`` took a
+    fifth of a Brazil-year search's client CPU).
     """
 
     SHARED_KEYS = frozenset({"stac_extensions", "proj:shape", "proj:transform", "raster:bands", "eo:bands", "bands",
@@ -289,14 +303,17 @@ class Sharer:
                              "s2:processing_baseline", "collection", "stac_version", "gsd", "nodata", "data_type"})
 
     def __init__(self) -> None:
+        import msgspec
+
         self._cache: dict[Any, Any] = {}
+        self._encode = msgspec.json.Encoder(order="sorted").encode
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         return self._walk(item)
 
     def _one(self, value: Any) -> Any:
         try:
-            key = (type(value).__name__, json.dumps(value, sort_keys=True))
+            key = (type(value).__name__, self._encode(value))
         except (TypeError, ValueError):
             return value
         return self._cache.setdefault(key, value)
@@ -304,7 +321,7 @@ class Sharer:
     def _walk(self, d: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for k, v in d.items():
-            k = self._cache.setdefault(("k", k), k)
+            k = intern(k)
             if k in self.SHARED_KEYS:
                 v = self._one(v)
             elif isinstance(v, dict) and k != "geometry":
@@ -435,7 +452,7 @@ class _Walker:
                 )
             failures = 0
             try:
-                doc = r.json()
+                doc = _decode(r.content)
             except ValueError:
                 raise PlanError(f"STAC API {self.url} answered a search page that is not JSON; retry later") from None
             feats = doc.get("features") or []
@@ -518,14 +535,15 @@ def search_items(
 
         def keep(feats: list[dict[str, Any]]) -> bool:
             page = [f for f in feats if cloud_ok(f, spec.max_cloud_cover)]
-            small = []
-            for f in page:
-                iid = f.get("id")
-                with lock:
+            new = []
+            with lock:  # once per page: a lock per item made the search threads queue on it
+                for f in page:
+                    iid = f.get("id")
                     if iid in seen or (max_items is not None and len(seen) >= max_items):
                         continue
                     seen.add(iid)
-                small.append(reduce(f))
+                    new.append(f)
+            small = [reduce(f) for f in new]
             with lock:
                 out.extend(small)
                 stats.kept = len(seen)

@@ -116,9 +116,12 @@ class Settings(BaseSettings):
     worker_memory_mb: int = Field(2048, ge=512, le=10_240)
     #: Worker ephemeral storage (MB).
     worker_ephemeral_mb: int = Field(1024, ge=512, le=10_240)
-    #: Planner memory (MB), from ``make bench`` 4d: the Brazil-year plan (~145,000 items, 134,000
-    #: tasks, task list written) peaked at 1.8 GB RSS; 3,008 MB is that x ~1.65 (and ~1.7 vCPU).
-    planner_memory_mb: int = Field(3008, ge=256, le=10_240)
+    #: Planner memory (MB), from ``make bench`` 4d/4g: the Brazil-year plan (~145,000 items, task
+    #: list written) peaked at 1.23 GB RSS at 30 m (134,000 tasks) and 2.52 GB at 10 m (1.19 million
+    #: tasks); 4,096 MB is 1.6x the 10 m peak (3.3x at 30 m) and ~2.3 vCPU. Its timeout is Lambda's
+    #: 15 minutes: those plans took 39 s and 63 s here (the real API's 1-3 s pages, 12 partitions
+    #: 8 at a time: ~1-2 minutes of search), so about 7x headroom.
+    planner_memory_mb: int = Field(4096, ge=256, le=10_240)
     commit_memory_mb: int = Field(1024, ge=256, le=10_240)
     #: CPU architecture of every function (and of the layer and image built for them).
     architecture: Literal["arm64", "x86_64"] = "arm64"
