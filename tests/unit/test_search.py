@@ -163,6 +163,9 @@ def make_handler(flaky: Flaky):
                 kind = action[0]
                 if kind == "sleep":
                     time.sleep(action[1])
+                elif kind == "body":  # 200 with this body
+                    self._answer(200, action[1], {"Content-Type": "application/json"})
+                    return
                 else:
                     status, retry_after = kind, action[1]
                     headers = {"Content-Type": "application/json"}
@@ -380,3 +383,25 @@ def test_plan_progress_can_show_the_live_search_line(rustac):
     assert n == stats.kept == len(IN_RANGE) and pages >= 1
     assert line.startswith(f"{pages} pages, {n:,} items") and "items/s" in line and "partitions" in line
     assert plan.search_stats["pages"] == stats.pages and plan.items_found == len(IN_RANGE)
+
+
+def test_a_page_that_is_not_json_is_one_line_plan_error(proxy):
+    url, f = proxy
+    f.schedule += [("POST", "/search", "body", b"<html>gateway says hello</html>")]
+    with pytest.raises(PlanError) as e:
+        search_items(spec_for(url), options=FAST)
+    assert "\n" not in str(e.value) and "not JSON" in str(e.value) and url in str(e.value)
+
+
+def test_sharer_shares_equal_parts_and_keeps_types_apart():
+    from cubeless.search import Sharer
+
+    share = Sharer()
+    a = share({"id": "a", "properties": {"proj:shape": [10980, 10980], "gsd": 10, "platform": "sentinel-2a"},
+               "assets": {"red": {"raster:bands": [{"scale": 0.0001, "offset": -0.1, "nodata": 0}]}}})
+    b = share({"id": "b", "properties": {"proj:shape": [10980, 10980], "gsd": 10.0, "platform": "sentinel-2a"},
+               "assets": {"red": {"raster:bands": [{"offset": -0.1, "nodata": 0, "scale": 0.0001}]}}})
+    assert a["properties"]["proj:shape"] is b["properties"]["proj:shape"]
+    assert a["assets"]["red"]["raster:bands"] is b["assets"]["red"]["raster:bands"]  # key order aside
+    assert type(a["properties"]["gsd"]) is int and type(b["properties"]["gsd"]) is float  # 10 and 10.0 stay apart
+    assert a["id"] == "a" and b["id"] == "b"
