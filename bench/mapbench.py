@@ -15,7 +15,6 @@ import statistics
 import threading
 import time
 import urllib.request
-from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +25,17 @@ def build_cube(root: str, tiles: int = 8, chunk: int = 1200) -> dict[str, Any]:
     from cubeless import pyramid as P
     from cubeless import store as S
     from cubeless.commit import commit_run
-    from cubeless.grid import cube_geobox, grid_of, iter_tiles
-    from cubeless.models import RunRecord, Task, TaskResult, run_id_for
+    from cubeless.demo.cubes import plan_every_tile
+    from cubeless.models import TaskResult
     from cubeless.spec import parse_spec
-    from cubeless.state import RunState
-    from cubeless.timebins import time_bins
 
     res = 0.00027
     side = tiles * chunk * res
     spec = parse_spec({"name": "bench-map", "bbox": [10.0, 45.0, 10.0 + side - res / 2, 45.0 + side - res / 2],
                        "resolution": res, "chunk": chunk, "start": "2020-01-01", "end": "2020-01-31",
                        "store": str(Path(root) / "map.zarr")})
-    gb = cube_geobox(spec)
-    grid = grid_of(gb, spec.crs)
-    info = S.ensure_cube(spec, grid)
-    bins = time_bins(date(2020, 1, 1), date(2020, 1, 31), spec.interval)
-    run_id = run_id_for(spec, bins)
-    state = RunState(spec.store, run_id)
-    tasks = [Task(run_id=run_id, spec=spec, grid=grid, tile=t, bin=b, t=S.time_index(info.origin, b, spec.interval))
-             for b in bins for t in iter_tiles(gb, spec.chunk)]
-    state.write_tasks(tasks)
-    state.write_record(RunRecord(run_id=run_id, cube=spec.name, store=spec.store, bins=bins, task_count=len(tasks),
-                                 tiles_total=len(tasks), tiles_on_land=len(tasks), items_found=0,
-                                 tasks_uri=state.tasks_uri, created=datetime.now(timezone.utc)))
+    run = plan_every_tile(spec)
+    grid, state, tasks, run_id = run.grid, run.state, run.tasks, run.run_id
     group = S._open_group(spec.store, writable=True)
     levels = P.levels_of(group.attrs["cubeless"])
     level_s: list[float] = []

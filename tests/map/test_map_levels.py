@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
 from pathlib import Path
 
 import morecantile
@@ -13,12 +12,10 @@ from zarr.storage import LocalStore
 from cubeless import pyramid as P
 from cubeless import store as S
 from cubeless.commit import commit_run
-from cubeless.grid import cube_geobox, grid_of, iter_tiles
-from cubeless.models import RunRecord, Task, TaskResult, run_id_for
+from cubeless.demo.cubes import plan_every_tile
+from cubeless.models import TaskResult
 from cubeless.spec import parse_spec
-from cubeless.state import RunState
 from cubeless.tiles import TileQuery, open_map_cube
-from cubeless.timebins import time_bins
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 
@@ -30,18 +27,8 @@ def cube(tmp_path: Path, monkeypatch) -> str:
     monkeypatch.setattr(P, "MIN_LOCAL_CHUNK", 32)
     spec = parse_spec({"name": "lv", "bbox": [10.0, 45.0, 10.2, 45.1], "resolution": 0.00027, "chunk": 64,
                        "start": "2020-01-01", "end": "2020-01-31", "store": str(tmp_path / "c.zarr")})
-    gb = cube_geobox(spec)
-    grid = grid_of(gb, spec.crs)
-    info = S.ensure_cube(spec, grid)
-    bins = time_bins(date(2020, 1, 1), date(2020, 1, 31), spec.interval)
-    run_id = run_id_for(spec, bins)
-    state = RunState(spec.store, run_id)
-    tasks = [Task(run_id=run_id, spec=spec, grid=grid, tile=tile, bin=b, t=S.time_index(info.origin, b, spec.interval))
-             for b in bins for tile in iter_tiles(gb, spec.chunk)]
-    state.write_tasks(tasks)
-    state.write_record(RunRecord(run_id=run_id, cube=spec.name, store=spec.store, bins=bins, task_count=len(tasks),
-                                 tiles_total=len(tasks), tiles_on_land=len(tasks), items_found=0,
-                                 tasks_uri=state.tasks_uri, created=datetime.now(timezone.utc)))
+    run = plan_every_tile(spec)
+    state, tasks, run_id = run.state, run.tasks, run.run_id
     for task in tasks:
         shape = (task.tile.ny, task.tile.nx)
         yy, xx = np.mgrid[task.tile.y0:task.tile.y0 + shape[0], task.tile.x0:task.tile.x0 + shape[1]]

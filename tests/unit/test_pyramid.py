@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,9 @@ import xarray as xr
 from cubeless import pyramid as P
 from cubeless import store as S
 from cubeless.commit import commit_run
-from cubeless.grid import cube_geobox, grid_of, iter_tiles
-from cubeless.models import RunRecord, Task, TaskResult, run_id_for
+from cubeless.demo.cubes import plan_every_tile
+from cubeless.models import TaskResult
 from cubeless.spec import parse_spec
-from cubeless.state import RunState
-from cubeless.timebins import time_bins
 
 # 185 x 111 px in 64 px chunks: 3 x 2 tiles (edge tiles partial)
 BASE = dict(name="pyr", bbox=[10.0, 45.0, 10.05, 45.03], resolution=0.00027, chunk=64)
@@ -65,23 +62,11 @@ def _reference(full: np.ndarray, count: np.ndarray, f: int) -> tuple[np.ndarray,
 
 def test_the_pipeline_builds_every_level_and_commits_it_with_the_bin(tmp_path: Path, small_tiles) -> None:
     spec = parse_spec({**BASE, "start": "2020-01-01", "end": "2020-02-29", "store": str(tmp_path / "c.zarr")})
-    gb = cube_geobox(spec)
-    grid = grid_of(gb, spec.crs)
-    info = S.ensure_cube(spec, grid)
+    run = plan_every_tile(spec)
+    grid, state, tasks, run_id = run.grid, run.state, run.tasks, run.run_id
     levels = P.levels_of(json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())["attributes"]["cubeless"])
     assert [(v.level, v.chunk, v.local) for v in levels] == [(1, 32, True), (2, 16, True), (3, 64, False), (4, 64, False)]
 
-    bins = time_bins(date(2020, 1, 1), date(2020, 2, 29), spec.interval)
-    run_id = run_id_for(spec, bins)
-    state = RunState(spec.store, run_id)
-    tasks = [Task(run_id=run_id, spec=spec, grid=grid, tile=tile, bin=b, t=S.time_index(info.origin, b, spec.interval))
-             for b in bins for tile in iter_tiles(gb, spec.chunk)]
-    state.write_tasks(tasks)
-    from datetime import datetime, timezone
-
-    state.write_record(RunRecord(run_id=run_id, cube=spec.name, store=spec.store, bins=bins, task_count=len(tasks),
-                                 tiles_total=len(tasks), tiles_on_land=len(tasks), items_found=0,
-                                 tasks_uri=state.tasks_uri, created=datetime.now(timezone.utc)))
     rng = np.random.default_rng(7)
     for task in tasks:
         shape = (task.tile.ny, task.tile.nx)
