@@ -440,6 +440,7 @@ def section_7(ctx: dict[str, Any], rows: list[Row], notes: list[str]) -> None:
             f"{r.utilisation:.1%}; Step Functions {r.transitions:,} transitions = ${r.step_functions_usd_per_1000:.4f} per 1,000 tasks; "
             f"largest history {r.largest_history:,} events of {r.executions:,} executions; {len(r.dead)} dead-lettered, "
             f"{r.tries_failed:,} failed tries, {r.duplicates} duplicate executions, {r.max_in_flight:,} max in flight"
+            + (f", {r.paused_seconds / 3600:,.1f} worker-hours paused after failure streaks" if r.paused_seconds else "")
             + (f"; PROBLEMS: {'; '.join(problems)}" if problems else ""),
             f"{r.time_ratio:.2f}x ideal", not problems and (r.time_ratio <= 1.25 or sc.burst is not None)))
     notes.append(

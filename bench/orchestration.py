@@ -37,7 +37,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from cubeless.cost import MAX_CALLS_PER_LANE, PRICES, WORKER_RESERVE_SECONDS
+from cubeless.cost import MAX_CALLS_PER_LANE, PRICES, WORKER_RESERVE_SECONDS, streak_pause
 
 #: Quotas checked by every simulation.
 HISTORY_LIMIT = 25_000  # events per Standard execution
@@ -212,6 +212,7 @@ class Result:
     committed: list[bool]
     tasks_total: int
     largest_payload: int
+    paused_seconds: float = 0.0  #: worker seconds spent pausing after streaks of failed tries
 
     @property
     def step_functions_usd_per_1000(self) -> float:
@@ -236,6 +237,8 @@ class Simulation:
         self.visible: list[tuple[float, int, int]] = []  # (visible_at, msg index, version)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.streak: dict[int, list[int]] = {}  #: per lane (child): [failed tries in a row, the streak paused for]
+        self.paused_seconds = 0.0  #: worker seconds spent in pauses after failure streaks
         self.task_time = [scenario.task_seconds * self.rng.uniform(1 - scenario.task_jitter, 1 + scenario.task_jitter) for _ in range(n)]
         self.poison = set(self.rng.sample(range(n), scenario.poison)) if scenario.poison else set()
         self.done: set[int] = set()
@@ -414,11 +417,23 @@ class Simulation:
             self.warm -= 1
         else:
             cold = self.s.cold_start
+        self.streak[id(child)] = [0, 0]  # failed tries in a row in this call, the streak last paused for
         self.at(self.now + cold, self.call_loop, run, gen, ex, child, state, prog, calls, self.now, 0.0)
 
     def call_loop(self, run: int, gen: int, ex: Execution, child: Execution, state: dict, prog: dict, calls: int, started: float, longest: float) -> None:
         left = self.c.worker_timeout - (self.now - started)
-        if left > max(self.c.reserve, 1.5 * longest):
+        floor = max(self.c.reserve, 1.5 * longest)
+        streak = self.streak[id(child)]
+        pause = streak_pause(streak[0]) if streak[0] != streak[1] else 0.0
+        if pause and left > floor:  # the worker's pause after a streak of failed tries
+            streak[1] = streak[0]
+            if left - pause > floor:
+                self.paused_seconds += pause
+                self.at(self.now + pause, self.call_loop, run, gen, ex, child, state, prog, calls, started, longest)
+                return
+            self.end_call(run, gen, ex, child, state, prog, calls, started, False)
+            return
+        if left > floor:
             i = self.receive()
             if i is not None:
                 self.execute(run, gen, ex, child, state, prog, calls, started, longest, i)
@@ -431,6 +446,7 @@ class Simulation:
         m = self.msgs[i]
         task = m.task
         if task in self.done:  # a duplicate: one HEAD, deleted
+            self.streak[id(child)][:] = [0, 0]
             self.delete(i)
             self.at(self.now + 0.02, self.call_loop, run, gen, ex, child, state, prog, calls, started, longest)
             return
@@ -468,6 +484,11 @@ class Simulation:
                 self.delete(i)
             else:
                 self.change_visibility(i, self.c.retry_delay * 2 ** (m.receives - 1))
+        streak = self.streak[id(child)]
+        if fails:
+            streak[0] += 1
+        else:
+            streak[0] = streak[1] = 0
         self.call_loop(run, gen, ex, child, state, prog, calls, started, longest)
 
     def timed_out(self, run: int, gen: int, ex: Execution, child: Execution, state: dict, prog: dict, started: float) -> None:
@@ -517,6 +538,7 @@ class Simulation:
             committed=list(self.committed),
             tasks_total=n,
             largest_payload=self.largest_payload,
+            paused_seconds=self.paused_seconds,
         )
 
 

@@ -62,6 +62,14 @@ WORKER_TIMEOUT_SECONDS = 90.0
 WORKER_RESERVE_SECONDS = 15.0
 #: Worker calls a lane makes per round before it returns to the parent execution.
 MAX_CALLS_PER_LANE = 10
+#: After this many failed tries in a row, a worker call pauses before it takes the next task
+#: (:func:`streak_pause`): in a burst of S3 503s every try fails in about a second, and without a
+#: pause 900 lanes would back off ~180,000 messages at once, above SQS's 120,000 in flight, and
+#: spend the tries of tasks that have nothing wrong with them (``make bench`` 7b).
+FAILURE_STREAK = 3
+#: The first pause (s); it doubles with each further failure, up to :data:`STREAK_PAUSE_MAX_SECONDS`.
+STREAK_PAUSE_SECONDS = 5.0
+STREAK_PAUSE_MAX_SECONDS = 30.0
 #: Seconds a task takes at least (receive, HEAD of the done marker, delete): a floor for the model.
 MIN_TASK_SECONDS = 0.05
 #: ``Work`` (task state) and ``More?`` (choice) per worker call, in a lane.
@@ -81,6 +89,15 @@ CONTROL_MEMORY_MB = 2048
 #: Seconds and memory (MB) billed for one progress invocation (two listings).
 PROGRESS_INVOCATION_SECONDS = 2.0
 PROGRESS_MEMORY_MB = 1024
+
+
+def streak_pause(streak: int) -> float:
+    """Seconds a worker call waits before its next task after ``streak`` failed tries in a row
+    (0 below :data:`FAILURE_STREAK`; a success ends the streak). The worker and the simulation
+    both use it."""
+    if streak < FAILURE_STREAK:
+        return 0.0
+    return min(STREAK_PAUSE_MAX_SECONDS, STREAK_PAUSE_SECONDS * 2 ** (streak - FAILURE_STREAK))
 
 
 def tasks_per_call(task_seconds: float) -> int:

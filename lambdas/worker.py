@@ -11,6 +11,11 @@ not drained and fewer than :data:`MAX_CALLS_PER_LANE` calls) and what it did (``
 A failed task never raises: its try is recorded (``RunState.mark_failed``) and its message comes
 back after a backoff (10, 20, 40, 80, 160 s; ``CUBELESS_RETRY_DELAY`` sets the first), so one
 bad task (or a streak of them) never fails the lane; the task's fate is its own receive count.
+After :data:`~cubeless.cost.FAILURE_STREAK` failed tries in a row the call pauses before its next
+task (5 s, doubling per further failure, at most 30 s; ``paused`` in the output, metric
+``WorkerPausedSeconds``; a done task ends the streak): in a burst of S3 503s, where every try
+fails within a second, 900 lanes would otherwise back off ~180,000 messages at once (above SQS's
+120,000 in flight) and spend the tries of healthy tasks (simulated: ``make bench`` 7b).
 Before its last try (receive count = the queue's ``maxReceiveCount``, 6) the worker writes the
 run's ``dead/<task_id>`` marker (``final`` False): if that try dies with the Lambda, the marker
 still settles the task once the visibility timeout is over, and SQS dead-letters the message on
@@ -34,7 +39,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from cubeless import fs
 from cubeless.aws import Received
 from cubeless.cost import MAX_CALLS_PER_LANE as _MAX_CALLS
-from cubeless.cost import WORKER_RESERVE_SECONDS
+from cubeless.cost import WORKER_RESERVE_SECONDS, streak_pause
 from cubeless.execute import execute_task
 from cubeless.models import TaskResult
 from cubeless.state import RunState
@@ -48,6 +53,7 @@ RESERVE_SECONDS = WORKER_RESERVE_SECONDS
 #: each, so a lane's history stays near 100 events, far below Standard's 25,000.
 MAX_CALLS_PER_LANE = _MAX_CALLS
 SKIPPED = "skipped"
+sleep = time.sleep  #: how a call pauses after a streak of failures
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -61,7 +67,17 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     failed: list[dict[str, str]] = []
     longest = 0.0
     drained = False
-    while context.get_remaining_time_in_millis() / 1000 > max(RESERVE_SECONDS, 1.5 * longest):
+    streak = paused = 0  # failed tries in a row; the streak last paused for
+    waited = 0.0
+    while (left := context.get_remaining_time_in_millis() / 1000 - max(RESERVE_SECONDS, 1.5 * longest)) > 0:
+        pause = streak_pause(streak) if streak != paused else 0.0
+        if pause:  # a streak of failures (S3 503s, a bad image): wait before spending another task's try
+            paused = streak
+            if pause >= left:
+                break
+            sleep(pause)
+            waited += pause
+            continue
         got = queue().receive()
         if got is None:
             drained = True
@@ -75,7 +91,13 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             skipped.append(got.task.task_id)
         else:
             failed.append({"task_id": got.task.task_id, "error": error[:300]})
+        if error in (None, SKIPPED):
+            streak = paused = 0
+        else:
+            streak += 1
     metrics.add_metric(name="WorkerCalls", unit=MetricUnit.Count, value=1)
+    if waited:
+        metrics.add_metric(name="WorkerPausedSeconds", unit=MetricUnit.Seconds, value=waited)
     return {
         **{k: v for k, v in event.items() if k in ("run_id", "lane")},
         "calls": calls,
@@ -84,6 +106,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         "done": done,
         "skipped": skipped,
         "failed": failed,
+        "paused": round(waited, 1),
     }
 
 

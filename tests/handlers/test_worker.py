@@ -91,6 +91,47 @@ def test_a_failed_task_is_recorded_backs_off_and_the_call_goes_on(
     assert run.state.dead_ids() == set()  # not its last try
 
 
+def test_a_streak_of_failures_pauses_the_call_before_each_next_task(
+    deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tries 1-3 fail, 4 succeeds, 5-9 fail (a burst of 503s): pauses after the 3rd failure in a row,
+    # then doubling, none after a success until 3 failures in a row again.
+    tries: list[str] = []
+    pauses: list[float] = []
+
+    def execute(task, *, policy):  # noqa: ANN001, ANN202
+        tries.append(task.task_id)
+        if len(tries) != 4:
+            raise OSError("S3 answered 503 Slow Down")
+        return fake_execute(task)
+
+    monkeypatch.setattr(worker, "execute_task", execute)
+    monkeypatch.setattr(worker, "sleep", pauses.append)
+    TaskQueue(deployment_env.url).enqueue(run.tasks[:9])
+    out = worker.handler(event(run), context)
+    assert len(tries) == 9 and len(out["failed"]) == 8 and len(out["done"]) == 1
+    assert pauses == [5.0, 5.0, 10.0, 20.0] and out["paused"] == 40.0  # after tries 3, 7, 8 and 9
+    assert out["drained"] is True
+
+
+def test_a_pause_longer_than_the_time_left_ends_the_call(
+    deployment_env: Queues, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+
+    def boom(task, *, policy):  # noqa: ANN001, ANN202
+        raise OSError("S3 answered 503 Slow Down")
+
+    monkeypatch.setattr(worker, "execute_task", boom)
+    monkeypatch.setattr(worker, "sleep", pauses.append)
+    TaskQueue(deployment_env.url).enqueue(run.tasks[:6])
+    # 40 s left (minus the 15 s reserve; 4 s pass per look at the clock): 3 failures, a 5 s pause
+    # (fits), a 4th failure, then 10 s does not fit in what is left: the call ends, more to do.
+    out = worker.handler(event(run), Clock(40, 4))
+    assert len(out["failed"]) == 4 and pauses == [5.0]
+    assert out["drained"] is False and out["more"] is True
+
+
 def test_the_last_try_writes_a_dead_marker_first_and_dead_letters_on_failure(
     deployment_env: Queues, run: Run, context: FakeContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:

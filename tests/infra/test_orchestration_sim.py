@@ -60,6 +60,15 @@ def test_a_burst_of_503s_kills_no_lane_and_loses_no_task(config: Config) -> None
     assert check(r, sc) == [] and r.committed == [True] and len(r.done) == 5000
 
 
+def test_workers_pause_in_a_long_burst_so_no_healthy_task_runs_out_of_tries(config: Config) -> None:
+    # 10 minutes of 503s, longer than a task's 5 backoffs (310 s): without the pause after a streak
+    # of failures, 60 lanes fail ~20,000 tries and 42 healthy tasks are dead-lettered.
+    sc = Scenario(tasks=5000, lanes=60, burst=(200.0, 800.0))
+    r = simulate(config, sc)
+    assert check(r, sc) == [] and r.committed == [True] and len(r.done) == 5000 and not r.dead
+    assert r.tries_failed < 5000 and r.paused_seconds > 0
+
+
 def test_two_runs_on_one_queue_and_a_parent_stopped_and_started_again(config: Config) -> None:
     sc = Scenario(tasks=3000, lanes=40, runs=2)
     r = simulate(config, sc)
