@@ -123,19 +123,22 @@ def test_poison_task_goes_to_the_dlq_then_redrive_redoes_only_it(stage: H.Stage,
 def test_interrupted_run_resumes_with_only_the_remaining_tasks(stage: H.Stage) -> None:
     emu = stage.emu
     doc = doc_of(stage, "interrupted")
-    first = stage.start(doc, lanes=1)
-    state = RunState(doc["store"], first.name)
-    H.wait_for(lambda: len(state.done_ids()) >= 3 if state.exists() else False, timeout=120, what="half the tasks done")
-    emu.sfn.stop_execution(executionArn=first.arn, error="Interrupted", cause="test: stop after about half the tasks")
-    stopped = emu.wait(first.arn, timeout=30)
-    assert stopped.status == "ABORTED"
-    stage.wait_quiet()  # a worker invocation in flight finishes (Lambda is not stopped with the execution)
+    # One task per worker call: the call in flight when the execution stops adds at most one task
+    # (a call of the usual ~2 s could finish all six on a fast machine, and nothing would be left).
+    with emu.worker_call_seconds(15.3):
+        first = stage.start(doc, lanes=1)
+        state = RunState(doc["store"], first.name)
+        H.wait_for(lambda: len(state.done_ids()) >= 2 if state.exists() else False, timeout=120, what="a third of the tasks done")
+        emu.sfn.stop_execution(executionArn=first.arn, error="Interrupted", cause="test: stop after about a third of the tasks")
+        stopped = emu.wait(first.arn, timeout=30)
+        assert stopped.status == "ABORTED"
+        stage.wait_quiet()  # a worker invocation in flight finishes (Lambda is not stopped with the execution)
     mark = emu.dispatcher.mark()
     H.sleep(3)  # the stopped execution's lane invokes nothing more
     assert emu.dispatcher.calls("worker", mark) == []
     done_before = state.done_ids()
     planned = {t.task_id for t in tasks_of(doc, first.name)}
-    assert 3 <= len(done_before) < len(planned) == 6
+    assert 2 <= len(done_before) < len(planned) == 6, done_before
     assert read_manifest(doc["store"]) is None  # nothing committed
 
     left = emu.queue().depth().total  # the stopped run's messages stay queued
