@@ -33,6 +33,7 @@ from lambdas.observability import logger, metrics, tracer
 @metrics.log_metrics
 def handler(event: Any, context: Any) -> dict[str, Any]:
     execution_input, execution = planner_input(event)
+    logger.append_keys(execution=execution)
     request = parse_request(execution_input)
     deployment().admit(request.spec)
     lock = deployment().cube_lock(request.spec.store, execution) if execution else None
@@ -60,8 +61,7 @@ def plan(request: RunRequest, lock: CubeLock | None) -> dict[str, Any]:
     lanes = deployment().lanes_for(request.lanes, sent)
     record = prepared.record.model_copy(update={"lanes": max(1, deployment().lanes_for(request.lanes))})
     metrics.add_metric(name="TasksQueued", unit=MetricUnit.Count, value=sent)
-    logger.info("run planned", extra={"run_id": record.run_id, "tasks": record.task_count, "queued": sent, "resumed": prepared.resumed,
-                                      "execution": lock.execution if lock else None})  # fmt: skip
+    logger.info("run planned", extra={"run_id": record.run_id, "tasks": record.task_count, "queued": sent, "resumed": prepared.resumed})
     return {"run": record.model_dump(mode="json"), "spec": spec, "progress": first_round(list(range(lanes)), done=prepared.already_done)}
 
 
