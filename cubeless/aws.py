@@ -9,8 +9,12 @@ it; the compute path (plan, compose, store, commit) never does.
   :data:`MAX_BODY_BYTES` is parked in S3 and the message carries a pointer.
 * :class:`Pipeline`: start a run under a deterministic execution name (its run id: a second start
   of a running run is the same execution), its status, redrive; :func:`stack_outputs`.
-* :class:`Deployment`: what the stack tells its functions through ``CUBELESS_*`` variables.
-* :class:`RunRequest`: the execution input: a bare spec, or ``{"spec": ..., "lanes": ..., "as_of": ...}``.
+* :class:`Deployment`: what the stack tells its functions through ``CUBELESS_*`` variables, and
+  the cube lock an execution holds (:meth:`Deployment.cube_lock`: stale once
+  :func:`execution_running` says its execution ended).
+* :class:`RunRequest`: the execution input: a bare spec, or ``{"spec": ..., "lanes": ..., "as_of": ...}``;
+  :func:`planner_input` unwraps what the state machine hands the planner (that input and the
+  execution's ARN).
 
 Example (moto or a real account)::
 
@@ -44,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import CubelessError, SpecError, UserError
 from .models import Task, TaskEncoder
 from .spec import CubeSpec, did_you_mean, parse_spec
+from .state import EXECUTION_TIMEOUT, CubeLock
 from .timebins import bin_start
 
 #: A task body larger than this is written to S3 and the message carries a pointer to it.
@@ -67,6 +72,7 @@ ENV = {
     "max_lanes": "CUBELESS_MAX_LANES",
     "allowed_hosts": "CUBELESS_ALLOWED_HOSTS",
     "retry_delay": "CUBELESS_RETRY_DELAY",
+    "run_timeout": "CUBELESS_RUN_TIMEOUT",
 }
 #: First delay (s) before a failed task's message is visible again; doubles with every receive.
 DEFAULT_RETRY_DELAY = 10.0
@@ -137,6 +143,7 @@ class Deployment:
     allowed_hosts: tuple[str, ...] = ()  #: hosts of the STAC API and scene assets
     retry_delay: float = DEFAULT_RETRY_DELAY  #: first retry delay of a failed task (s), doubling per receive
     dead_letter_queue_url: str | None = None  #: where a task's message goes after its last failed try
+    run_timeout: float = EXECUTION_TIMEOUT  #: the state machine's timeout (s): an execution's cube lock expires after it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Deployment":
@@ -152,6 +159,7 @@ class Deployment:
             allowed_hosts=hosts,
             retry_delay=_non_negative(env, "retry_delay", DEFAULT_RETRY_DELAY),
             dead_letter_queue_url=env.get(ENV["dead_letter_queue_url"], "").strip() or None,
+            run_timeout=_non_negative(env, "run_timeout", EXECUTION_TIMEOUT),
         )
 
     def queue(self) -> "TaskQueue":
@@ -186,6 +194,18 @@ class Deployment:
                 f"use one of {', '.join(self.allowed_hosts)} or add it to the stac_hosts setting"
             )
 
+    def cube_lock(self, store: str, execution: str, *, sfn: Any = None) -> CubeLock:
+        """The cube lock of ``store`` as execution ``execution`` (its ARN) takes and releases it: no
+        heartbeat; a holder is stale once its execution no longer runs (:func:`execution_running`)
+        or the state machine's timeout has passed since it took the lock."""
+
+        def is_alive(holder: Mapping[str, Any]) -> bool:
+            nonlocal sfn
+            sfn = sfn or _client("stepfunctions")  # made on first use: a free lock needs no client
+            return execution_running(str(holder.get("execution")), sfn=sfn)
+
+        return CubeLock(store, execution=execution, is_alive=is_alive, execution_timeout=self.run_timeout)
+
     def lanes_for(self, requested: int | None, tasks: int | None = None) -> int:
         """Lanes of a run: as requested (or the default), at most ``max_lanes``, at most one per task."""
         lanes = min(requested or self.lanes, self.max_lanes)
@@ -215,6 +235,35 @@ class RunRequest(BaseModel):
 def last_complete_day(spec: CubeSpec, as_of: datetime) -> date:
     """The last day of the last bin of ``spec.interval`` that ended before ``as_of``."""
     return bin_start(as_of.astimezone(timezone.utc).date(), spec.interval) - timedelta(days=1)
+
+
+#: Keys of the planner's payload from the state machine: the execution input and ``$$.Execution.Id``.
+PLANNER_PAYLOAD = frozenset({"input", "execution"})
+_EXECUTION_ARN = re.compile(r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:execution:[^:]+:[^:]+$")
+
+
+def planner_input(event: Any) -> tuple[Any, str | None]:
+    """(execution input, execution ARN) of a planner event: ``{"input": ..., "execution": arn}``
+    from the state machine, or the bare execution input of a direct invocation (no ARN: no lock)."""
+    if not (isinstance(event, Mapping) and set(event) == PLANNER_PAYLOAD):
+        return event, None
+    execution = event["execution"]
+    if not (isinstance(execution, str) and _EXECUTION_ARN.match(execution)):
+        raise ConfigError(f"the planner's `execution` is {execution!r}, not an execution ARN; the state machine passes $$.Execution.Id")
+    return event["input"], execution
+
+
+def execution_running(arn: str, *, sfn: Any = None) -> bool:
+    """Whether Step Functions execution ``arn`` still runs (RUNNING, or PENDING_REDRIVE: about to
+    run again); an execution that does not exist (or no longer does) is not running."""
+    sfn = sfn or _client("stepfunctions")
+    try:
+        status = sfn.describe_execution(executionArn=arn)["status"]
+    except ClientError as err:
+        if err.response["Error"]["Code"] in ("ExecutionDoesNotExist", "InvalidArn"):
+            return False
+        raise
+    return status in ("RUNNING", "PENDING_REDRIVE")
 
 
 def parse_request(event: Any) -> RunRequest:

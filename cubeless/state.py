@@ -20,7 +20,8 @@ workers never see a torn marker. "Which tasks are done" is ONE listing of ``done
 S3, 1,000 keys per page), never one read per task.
 
 One run at a time per cube: :class:`CubeLock` (``<store>/_cubeless/lock``) is held by a run from
-the end of its planning to its commit; a second run of the same store is refused with one line.
+the end of its planning to its commit (on AWS: by the Step Functions execution, from its planner to
+its commit or failure); a second run of the same store is refused with one line.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import os
 import random
 import time
 import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
@@ -394,6 +395,9 @@ class _AtomicWriter:
 LOCK_KEY = "_cubeless/lock"
 #: A remote lock whose heartbeat is older than this (seconds) belongs to a run that died.
 LOCK_STALE_AFTER = 300.0
+#: An execution's lock (no heartbeat) is stale this long (seconds) after it was taken, whatever
+#: ``is_alive`` says: the state machine's timeout, which no execution outlives (the stack's default).
+EXECUTION_TIMEOUT = 7 * 24 * 3600.0
 
 
 def _digest(data: bytes) -> str:
@@ -447,14 +451,39 @@ class CubeLock:
       ``stale_after``, or whose holder is a dead process on this host, is stale and is taken over
       with ``If-Match: <its ETag>`` (two contenders: one wins); release deletes with ``If-Match``.
 
+    * **an execution's lock** (``execution=``, object stores only): held by a Step Functions
+      execution across Lambda invocations, which cannot keep a heartbeat thread alive. The record
+      names the execution (its ARN) and when it ``expires`` (taken + ``execution_timeout``, the
+      state machine's timeout). It is stale once it expired or ``is_alive(holder)`` says its
+      execution no longer runs (the caller's check, e.g. Step Functions' DescribeExecution in
+      :mod:`cubeless.aws`; without one, only expiry counts), and is then taken over with
+      ``If-Match`` as above. Another invocation of the same execution (a retried planner, the
+      commit) takes the lock it already holds again, and :meth:`release` removes it even from an
+      object that did not take it, as long as the record still names this execution.
+
     :meth:`acquire` raises :class:`CubeLocked` (a :class:`~cubeless.errors.UserError`) naming the
     holder. Use as a context manager or call :meth:`release`; releasing twice is harmless.
     """
 
-    def __init__(self, store: str, *, stale_after: float = LOCK_STALE_AFTER) -> None:
+    def __init__(
+        self,
+        store: str,
+        *,
+        stale_after: float = LOCK_STALE_AFTER,
+        execution: str | None = None,
+        is_alive: Callable[[dict[str, Any]], bool] | None = None,
+        execution_timeout: float = EXECUTION_TIMEOUT,
+    ) -> None:
         self.store = fs.normalize(store)
         self.uri = fs.join(self.store, LOCK_KEY)
         self.stale_after = stale_after
+        #: The execution (ARN) this lock is taken for; None for a local run's lock (heartbeat, flock).
+        self.execution = execution
+        #: ``is_alive(holder)``: whether the execution a lock record names still runs.
+        self.is_alive = is_alive
+        self.execution_timeout = execution_timeout
+        if execution is not None and not fs.is_remote(self.uri):
+            raise ValueError(f"an execution's lock needs an object store (s3://), not {self.store}")
         self.record: dict[str, Any] | None = None
         self._fd: int | None = None
         self._stop: Any = None
@@ -470,9 +499,18 @@ class CubeLock:
 
     def _new_record(self, run_id: str) -> dict[str, Any]:
         import socket
-        from datetime import datetime, timezone
+        from datetime import datetime, timedelta, timezone
 
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if self.execution is not None:
+            expires = datetime.now(timezone.utc) + timedelta(seconds=self.execution_timeout)
+            return {
+                "run_id": run_id,
+                "execution": self.execution,
+                "started": now,
+                "expires": expires.isoformat(timespec="seconds"),
+                "token": uuid.uuid4().hex,
+            }
         return {
             "run_id": run_id,
             "started": now,
@@ -496,7 +534,9 @@ class CubeLock:
             who = "run id unknown"
         else:
             who = f"run id {holder.get('run_id', '?')}, started {holder.get('started', '?')}"
-            if holder.get("pid"):
+            if holder.get("execution"):
+                who += f", execution {holder['execution']}"
+            elif holder.get("pid"):
                 who += f", pid {holder['pid']} on {holder.get('host', '?')}"
         return CubeLocked(
             f"a run of this cube is in progress ({who}); wait for it to finish or stop it, then run the "
@@ -618,22 +658,43 @@ class CubeLock:
                 holder, held_etag = self._read_remote()
                 if holder is None:
                     continue  # released meanwhile: try to create it again
-                if not self._is_stale(holder):
-                    raise self._refuse(holder)
-                # Stale: take it over only if it is still that lock object (one contender wins).
                 assert held_etag is not None
-                etag = self._put_remote(record, IfMatch=held_etag)
+                if self._ours(holder):  # another invocation of this execution took it (a retry)
+                    if holder.get("run_id") == run_id:
+                        record, etag = holder, held_etag
+                    else:
+                        record = {**holder, "run_id": run_id}
+                        etag = self._put_remote(record, IfMatch=held_etag)
+                elif not self._is_stale(holder):
+                    raise self._refuse(holder)
+                else:  # stale: take it over only if it is still that lock object (one contender wins)
+                    etag = self._put_remote(record, IfMatch=held_etag)
                 if etag is None:
                     continue
             self.record, self._etag = record, etag
-            self._start_heartbeat()
+            if self.execution is None:
+                self._start_heartbeat()
             return
         raise self._refuse(self.holder())
+
+    def _ours(self, holder: dict[str, Any]) -> bool:
+        """Whether a lock record names this lock's execution."""
+        return self.execution is not None and holder.get("execution") == self.execution
 
     def _is_stale(self, holder: dict[str, Any]) -> bool:
         import socket
         from datetime import datetime, timezone
 
+        if holder.get("execution"):  # an execution's lock: no heartbeat, no process to look at
+            try:
+                expires = datetime.fromisoformat(str(holder.get("expires")))
+            except ValueError:
+                return True
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=timezone.utc)
+            if datetime.now(timezone.utc) >= expires:
+                return True
+            return self.is_alive is not None and not self.is_alive(holder)
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
             if not _pid_alive(holder["pid"], holder.get("pid_start")):
                 return True
@@ -671,11 +732,18 @@ class CubeLock:
         self._thread = threading.Thread(target=beat, name="cubeless-lock-heartbeat", daemon=True)
         self._thread.start()
 
-    def release(self) -> None:
-        """Give the lock up (and remove the lock object, if it is still ours)."""
+    def release(self) -> bool:
+        """Give the lock up (and remove the lock object, if it is still ours); whether it was removed.
+
+        An execution's lock is removed by any invocation of that execution: from an object that
+        did not take it, the lock object is deleted only if its record names :attr:`execution`
+        (``If-Match`` on the ETag read with it), so another execution's lock is never touched.
+        """
         if self.record is None:
-            return
-        token = self.record["token"]
+            if self.execution is None:
+                return False
+            holder, etag = self._read_remote()
+            return holder is not None and self._ours(holder) and self._delete_remote(etag)
         if self._stop is not None:  # the heartbeat stops before the record is dropped
             self._stop.set()
             self._thread.join(5)
@@ -687,22 +755,31 @@ class CubeLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-            return
+            return True
         etag, self._etag = self._etag, None
-        if etag is not None and not self._conditional():
-            if self._read_remote()[1] == etag:
-                fs.delete(self.uri)
-        elif etag is not None:  # delete it only if it is still the object we last wrote
-            fsys, bucket, key = self._s3()
-            try:
-                fsys.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if not _precondition_failed(exc):
-                    raise
+        return self._delete_remote(etag)
+
+    def _delete_remote(self, etag: str | None) -> bool:
+        """Delete the lock object only if it is still the one with ``etag`` (S3 ``If-Match``)."""
+        if etag is None:
+            return False
+        if not self._conditional():
+            if self._read_remote()[1] != etag:
+                return False
+            fs.delete(self.uri)
+            return True
+        fsys, bucket, key = self._s3()
+        try:
+            fsys.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if not _precondition_failed(exc):
+                raise
+            return False
+        finally:
             fsys.invalidate_cache(f"{bucket}/{key}")
-        del token
+        return True
 
     def __enter__(self) -> "CubeLock":
         return self

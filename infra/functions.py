@@ -62,6 +62,7 @@ class Functions(Construct):
             ENV["lanes"]: str(settings.lanes),
             ENV["max_lanes"]: str(settings.max_lanes),
             ENV["allowed_hosts"]: ",".join(settings.stac_hosts),
+            ENV["run_timeout"]: str(settings.run_timeout_hours * 3600),
             "POWERTOOLS_METRICS_NAMESPACE": "cubeless",
             "POWERTOOLS_LOG_LEVEL": "INFO",
         }

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     #: Most lanes one run may use (the Distributed Map's MaxConcurrency; caps the input's ``lanes``).
     #: Above 1,000, raise the account's Lambda concurrency quota first (Distributed Map allows 10,000).
     max_lanes: int = Field(1000, ge=1, le=10_000)
+    #: Longest a run's execution may take (the state machine's timeout, hours). Its cube lock
+    #: expires then too, even if Step Functions cannot be asked whether the execution still runs.
+    run_timeout_hours: int = Field(168, ge=1, le=8760)
     #: Share of lanes allowed to fail before the Map fails; the commit step judges the tasks anyway.
     tolerated_failure_percentage: float = Field(100.0, ge=0, le=100)
     #: Worker memory (MB); Lambda gives CPU in proportion (1,769 MB = one vCPU).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import App, CfnOutput, Stack, Validations
+from aws_cdk import App, CfnOutput, Duration, Stack, Validations
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
@@ -43,6 +43,7 @@ class CubelessStack(Stack):
             max_lanes=settings.max_lanes,
             tolerated_failure_percentage=settings.tolerated_failure_percentage,
             log_retention_days=settings.log_retention_days,
+            run_timeout=Duration.hours(settings.run_timeout_hours),
         )
         self.schedules = Schedules(
             self, "Schedules", settings=settings.schedules, state_machine=self.workflow.state_machine, bucket=self.storage.bucket

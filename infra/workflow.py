@@ -2,9 +2,9 @@
 
 ::
 
-    Plan ──> Anything to do? ──no──> Up to date
-                 │yes
-                 v
+    Plan ──> Anything to do? ──no──> Up to date         Plan ── SpecError, PlanError, ConfigError,
+                 │yes                                           CubeLocked ──> Explain ──> Failed
+                 v                                                               ^
     ┌──> Workers (Distributed Map over progress.lanes; each lane a Standard child execution)
     │    │   Work (worker: tasks for ~75 s of its 90 s) ──> More? ──no (drained, or 10 calls)──> Lane done
     │    │     ^                                              │yes
@@ -13,13 +13,22 @@
     │  Progress (done/ + dead/ markers of THIS run vs its task count; next round's lanes)
     │    │                                    │ RunStalled
     │    v                                    v
-    └─ Complete? ──no── Next round (Wait 10 s)    Explain ──> Failed
+    └─ Complete? ──no── Next round (Wait 10 s)    Release (the cube lock) ──> Explain ──> Failed
          │yes                                     ^
-         v                                        │ RunIncomplete (dead-lettered tasks, named)
-       Commit ────────────────────────────────────┘
-         │
+         v                                        │ RunIncomplete (dead-lettered tasks, named),
+       Commit ────────────────────────────────────┘ TasksPending, CubeLocked
+         │ (releases the cube lock)
          v
        Committed
+
+One execution per cube at a time: the planner takes the cube's lock for this execution
+(``$$.Execution.Id``) before it writes or queues anything, and the commit releases it. A second
+execution of the same store fails in Plan with ``CubeLocked`` (its cause names the holder's run
+id and execution) and leaves the lock alone. Every caught failure after the lock was taken goes
+through Release (the commit function, ``action: release``: only a lock still naming this
+execution is removed) before Explain, so the error and its cause are the original ones. An
+uncaught failure (a Lambda error, the state machine's timeout) leaves the lock behind, and the
+next execution takes it over: the holder's execution is no longer RUNNING (DescribeExecution).
 
 No per-task loop in a Standard execution: a lane (child) makes at most ``MAX_CALLS_PER_LANE``
 (10) worker calls, ~8 history events each; the parent writes ~16 events per round (a round
@@ -31,7 +40,8 @@ Every task state has its own Retry; nothing is string-built JSON.
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
@@ -49,7 +59,9 @@ LAMBDA_TRANSIENT = [
     "Lambda.SdkClientException",
 ]
 #: Errors whose message is one line meant for the user: the execution fails with it as its cause.
-USER_FACING = ["SpecError", "PlanError", "ConfigError"]
+USER_FACING = ["SpecError", "PlanError", "ConfigError", "CubeLocked"]
+#: The commit's errors that end the run (after the lock is released), each a one-line cause.
+COMMIT_FAILURES = ["RunIncomplete", "TasksPending", "CubeLocked"]
 #: Pause between rounds whose lanes all ended (tasks left are in flight or backing off).
 ROUND_WAIT = Duration.seconds(10)
 #: Tries of a worker call after a Lambda service error (throttling above the account's concurrency).
@@ -61,6 +73,8 @@ class Workflow(Construct):
 
     :ivar state_machine: the state machine (start it with the spec as input).
     :ivar log_group: its execution log (level ALL).
+    :ivar lock_policy: lets the planner and the commit ask whether an execution of this state
+        machine still runs (``states:DescribeExecution``), to judge a cube lock's holder.
     """
 
     def __init__(
@@ -75,6 +89,7 @@ class Workflow(Construct):
         max_lanes: int,
         tolerated_failure_percentage: float,
         log_retention_days: int,
+        run_timeout: Duration = Duration.days(7),
     ) -> None:
         super().__init__(scope, id)
 
@@ -87,13 +102,30 @@ class Workflow(Construct):
         failed = sfn.Fail(self, "Failed", error_path="$.error", cause_path="$.cause.errorMessage")
         explain.next(failed)
 
+        # The failure paths after the lock was taken: give it up, then fail with the original error.
+        release = tasks.LambdaInvoke(
+            self,
+            "Release",
+            lambda_function=commit,
+            payload=sfn.TaskInput.from_object({"action": "release", "run.$": "$.run", "execution": sfn.JsonPath.execution_id}),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path=sfn.JsonPath.DISCARD,
+            comment="Give the cube lock up (only if it still names this execution); the error at $.error is kept.",
+        )
+        release.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
+        release.add_catch(explain, errors=["States.ALL"], result_path="$.release_error")  # never hides the run's error
+        release.next(explain)
+
         plan = tasks.LambdaInvoke(
             self,
             "Plan",
             lambda_function=planner,
+            # The execution input as it was started, and the execution that takes the cube lock.
+            payload=sfn.TaskInput.from_object({"input": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.execution_id}),
             payload_response_only=True,
             retry_on_service_exceptions=False,
-            comment="Validate the spec, plan or resume the run, enqueue its tasks; returns the run record and the first round's lanes.",
+            comment="Validate the spec, take the cube lock, plan or resume the run, enqueue its tasks; returns the run record and the first round's lanes.",
         )
         plan.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
         plan.add_catch(explain, errors=USER_FACING, result_path="$.error")
@@ -149,20 +181,20 @@ class Workflow(Construct):
             comment="Done and dead-lettered tasks of this run (its markers, never queue counts); the next round's lanes.",
         )
         progress_task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=5, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
-        progress_task.add_catch(explain, errors=["RunStalled"], result_path="$.error")
+        progress_task.add_catch(release, errors=["RunStalled"], result_path="$.error")
 
         commit_task = tasks.LambdaInvoke(
             self,
             "Commit",
             lambda_function=commit,
-            payload=sfn.TaskInput.from_object({"run.$": "$.run", "spec.$": "$.spec"}),
+            payload=sfn.TaskInput.from_object({"run.$": "$.run", "spec.$": "$.spec", "execution": sfn.JsonPath.execution_id}),
             payload_response_only=True,
             retry_on_service_exceptions=False,
             result_path="$.manifest",
-            comment="Publish the run's bins; RunIncomplete names the dead-lettered tasks and `cubeless redrive`.",
+            comment="Publish the run's bins and release the cube lock; RunIncomplete names the dead-lettered tasks and `cubeless redrive`.",
         )
         commit_task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
-        commit_task.add_catch(explain, errors=["RunIncomplete", "TasksPending"], result_path="$.error")
+        commit_task.add_catch(release, errors=COMMIT_FAILURES, result_path="$.error")
 
         next_round = sfn.Wait(self, "Next round", time=sfn.WaitTime.duration(ROUND_WAIT), comment="Tasks left are in flight or backing off.")
         workers.next(progress_task).next(
@@ -189,9 +221,27 @@ class Workflow(Construct):
             "StateMachine",
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             state_machine_type=sfn.StateMachineType.STANDARD,
+            timeout=run_timeout,
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
             comment="cubeless: plan a run, rounds of worker lanes until its tasks are done or dead-lettered, commit",
+        )
+        # A separate policy, not the functions' own: the state machine depends on the functions, so
+        # their role's default policy cannot name its executions (a cycle); this one comes after both.
+        executions = Stack.of(self).format_arn(
+            service="states",
+            resource="execution",
+            resource_name=f"{self.state_machine.state_machine_name}:*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.lock_policy = iam.Policy(
+            self,
+            "LockHolderCheck",
+            statements=[iam.PolicyStatement(actions=["states:DescribeExecution"], resources=[executions])],
+            roles=[fn.role for fn in (planner, commit) if fn.role is not None],
+        )
+        acknowledge_resource(
+            self.lock_policy, executions, "Any execution of this one state machine: a cube lock names the execution holding it (names are chosen per run)."
         )
         role = self.state_machine.role
         for fn in (planner, worker, commit, progress):

@@ -8,18 +8,20 @@ end-to-end run exposed.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
 
 import pytest
 import xarray as xr
 
 import aws_harness as H
-from cubeless.aws import Deployment
+from cubeless import fs
+from cubeless.aws import Deployment, RunRequest
 from cubeless.commit import read_manifest
 from cubeless.demo.specs import DEMO_UTM_CRS, demo_spec
 from cubeless.demo.verify import compare_cube
 from cubeless.spec import parse_spec
-from cubeless.state import RunState
+from cubeless.state import LOCK_KEY, RunState
 
 
 # One worker for the whole module: the emulator is a module fixture.
@@ -101,6 +103,44 @@ def test_the_pipeline_builds_the_local_runners_cube(stage: H.Stage, utm_doc: dic
     assert result.status == "SUCCEEDED" and result.output["run"] is None, result
     assert [i.module for i in emu.dispatcher.invocations[mark:]] == ["planner"]
     assert {k: emu.s3.head_object(Bucket=emu.bucket, Key=k)["ETag"] for k in emu.keys("cubes/demo-utm.zarr/")} == before
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_one_execution_per_cube_a_second_fails_cube_locked_and_the_next_runs_after(stage: H.Stage) -> None:
+    """Two executions of one spec (two names: e.g. the console and ``cubeless start``): the second
+    fails in Plan with CubeLocked naming the first, which completes; then the lock is free."""
+    emu = stage.emu
+    doc = {**demo_spec(stage.stac_url, stage.store("locked"), name="locked"), "end": "2024-05-31"}  # 6 tasks, one bin
+    spec = parse_spec(doc)
+    lock_uri = fs.join(spec.store, LOCK_KEY)
+    first = stage.start(doc, lanes=1)  # one lane: the run lasts a while
+    held = H.wait_for(lambda: fs.exists(lock_uri) and json.loads(fs.get_bytes(lock_uri)), timeout=60, what="the first planner's lock")
+    assert (held["run_id"], held["execution"]) == (first.name, first.arn)
+
+    mark = emu.dispatcher.mark()
+    payload = json.dumps(RunRequest(spec=spec, lanes=1).payload())
+    second = emu.sfn.start_execution(stateMachineArn=emu.state_machine_arn, name=f"{first.name}-console", input=payload)["executionArn"]
+    refused = emu.wait(second, timeout=60)
+    assert (refused.status, refused.error) == ("FAILED", "CubeLocked"), (refused, emu.history_tail(second))
+    assert refused.cause == (
+        f"a run of this cube is in progress (run id {first.name}, started {held['started']}, execution {first.arn}); "
+        f"wait for it to finish or stop it, then run the same command again (it resumes), or write to another `store` (lock: {lock_uri})"
+    )
+    assert emu.sfn.describe_execution(executionArn=first.arn)["status"] == "RUNNING"
+    assert json.loads(fs.get_bytes(lock_uri)) == held  # the refused execution left the lock alone ...
+    assert emu.dispatcher.calls("commit", mark) == []  # ... and released nothing (no Release step)
+
+    done = emu.wait(first.arn, timeout=180)
+    assert done.status == "SUCCEEDED", (done, emu.history_tail(first.arn), emu.dispatcher.timeline(mark))
+    assert done.output["manifest"]["bins"] == ["2024-05-01"] and not fs.exists(lock_uri)  # the commit released it
+
+    # A third execution after it (the cube extended to July) takes the lock, commits and releases it.
+    third = stage.start({**doc, "end": "2024-07-31"}, lanes=2)
+    assert third.name != first.name
+    result = emu.wait(third.arn, timeout=180)
+    assert result.status == "SUCCEEDED", (result, emu.history_tail(third.arn))
+    assert result.output["manifest"]["committed_bins"] == 3 and not fs.exists(lock_uri)
 
 
 # -- fixes the end-to-end run exposed ----------------------------------------------------------------

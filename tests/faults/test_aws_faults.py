@@ -3,8 +3,8 @@ handlers, scenes in S3 (see ``tests/e2e/aws_harness.py``).
 
 | scenario | injection | expected |
 |---|---|---|
-| poison task | one scene's COG overwritten with garbage in S3 (one task reads it) | tried 1 + 5 times (no worker call fails), then parked in the DLQ by the worker; the execution fails with RunIncomplete naming how many tasks are missing, the dead-lettered task, where their list is and the redrive command; the run's manifest is incomplete and names the task and its last error; nothing committed; once the object is fixed, `cubeless redrive RUN` redoes only that task and the cube equals the reference |
-| interrupted run | StopExecution after about half the tasks | a new start resumes and executes only the remaining tasks (their leftover messages are skipped as duplicates); cube equals the reference |
+| poison task | one scene's COG overwritten with garbage in S3 (one task reads it) | tried 1 + 5 times (no worker call fails), then parked in the DLQ by the worker; the execution fails with RunIncomplete naming how many tasks are missing, the dead-lettered task, where their list is and the redrive command; the run's manifest is incomplete and names the task and its last error; nothing committed; the cube lock is released on the way; once the object is fixed, `cubeless redrive RUN` redoes only that task and the cube equals the reference |
+| interrupted run | StopExecution after about half the tasks | a new start takes over the stopped execution's cube lock, resumes and executes only the remaining tasks (their leftover messages are skipped as duplicates); cube equals the reference |
 | concurrent cubes | two cubes started at once on one bucket and queue; one of them started twice at once | both finish and equal their references, every task runs once; the double start is one execution |
 | bad input | inverted bbox, unknown fields, store outside the bucket, catalog not allowed | FAILED with SpecError and a one-line cause naming the field; nothing written to the bucket, nothing queued |
 
@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 import aws_harness as H  # noqa: E402
 
+from cubeless import fs  # noqa: E402
 from cubeless.commit import read_manifest  # noqa: E402
 from cubeless.demo.specs import DEMO_UTM_CRS, demo_spec  # noqa: E402
 from cubeless.models import Task  # noqa: E402
 from cubeless.spec import parse_spec  # noqa: E402
-from cubeless.state import RunState  # noqa: E402
+from cubeless.state import LOCK_KEY, RunState  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("faults-aws"), *H.QUIET]
 
@@ -100,6 +101,9 @@ def test_poison_task_goes_to_the_dlq_then_redrive_redoes_only_it(stage: H.Stage,
         assert list(m.failures) == [poison] and POISON_SCENE in m.failures[poison] and m.missing == []
         assert RunState(doc["store"], run_id).failures()[poison].attempts == emu.max_receive_count == 6
         assert read_manifest(doc["store"]) is None
+        # The failure path released the cube lock before failing (the commit raised, then Release).
+        assert [i.event.get("action") for i in emu.dispatcher.calls("commit", mark)] == [None, "release"]
+        assert not fs.exists(fs.join(doc["store"], LOCK_KEY))
         status = emu.cli("status", run_id)
         assert status.returncode == 1 and "FAILED" in status.stdout and "1 of 6 tasks missing" in status.stdout, status.stdout
     finally:
@@ -140,6 +144,8 @@ def test_interrupted_run_resumes_with_only_the_remaining_tasks(stage: H.Stage) -
     planned = {t.task_id for t in tasks_of(doc, first.name)}
     assert 2 <= len(done_before) < len(planned) == 6, done_before
     assert read_manifest(doc["store"]) is None  # nothing committed
+    lock_uri = fs.join(doc["store"], LOCK_KEY)
+    assert json.loads(fs.get_bytes(lock_uri))["execution"] == first.arn  # stopped: no step ran to release it
 
     left = emu.queue().depth().total  # the stopped run's messages stay queued
     # One lane, so that a task's leftover message and its re-queued copy are never taken at once
@@ -155,6 +161,7 @@ def test_interrupted_run_resumes_with_only_the_remaining_tasks(stage: H.Stage) -
     assert emu.queue().depth().total == 0
     m = read_manifest(doc["store"])
     assert m is not None and m.complete and m.tasks_done == 6
+    assert not fs.exists(lock_uri)  # taken over (its execution was ABORTED), then released by the commit
     assert H.compare_cubes(doc["store"], stage.reference(doc)) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,6 +52,30 @@ class Queues:
 
     def queue(self, **kw: Any) -> TaskQueue:
         return TaskQueue(self.url, spill_uri=f"s3://{BUCKET}/_queue", **kw)
+
+
+class StateMachine:
+    """A state machine in moto whose executions stay RUNNING until stopped (moto runs no state
+    here): the executions a cube lock names, as DescribeExecution reports them."""
+
+    def __init__(self) -> None:
+        self.sfn = client("stepfunctions")
+        definition = {"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 3600, "End": True}}}
+        self.arn = self.sfn.create_state_machine(
+            name=f"runs-{uuid.uuid4().hex[:8]}", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/runs"
+        )["stateMachineArn"]
+
+    def start(self) -> str:
+        """A new RUNNING execution's ARN."""
+        return self.sfn.start_execution(stateMachineArn=self.arn, name=uuid.uuid4().hex, input="{}")["executionArn"]
+
+    def stop(self, arn: str) -> None:
+        self.sfn.stop_execution(executionArn=arn)
+        assert self.sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+
+    def never_started(self) -> str:
+        """The ARN an execution of this state machine would have (DescribeExecution: does not exist)."""
+        return self.arn.replace(":stateMachine:", ":execution:") + ":" + uuid.uuid4().hex
 
 
 @dataclass

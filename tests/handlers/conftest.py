@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from aws_helpers import BUCKET, REGION, FakeContext, Queues, Run, new_queues, spec_doc
+from aws_helpers import BUCKET, REGION, FakeContext, Queues, Run, StateMachine, new_queues, spec_doc
 from moto.server import ThreadedMotoServer
 
 from cubeless.aws import ENV
@@ -67,6 +67,12 @@ def deployment_env(queues: Queues, monkeypatch: pytest.MonkeyPatch) -> Queues:
     env.deployment.cache_clear()
     env.queue.cache_clear()
     return queues
+
+
+@pytest.fixture
+def state_machine(aws: str) -> StateMachine:
+    """Executions that hold cube locks: RUNNING until stopped."""
+    return StateMachine()
 
 
 @pytest.fixture

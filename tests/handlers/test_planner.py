@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import date
 from typing import Any
 
 import pytest
-from aws_helpers import BUCKET, FakeContext, Queues, Run, spec_doc
+from aws_helpers import BUCKET, FakeContext, Queues, Run, StateMachine, spec_doc
 
-from cubeless.aws import TaskQueue
-from cubeless.errors import SpecError
+from cubeless import fs
+from cubeless.aws import ConfigError, TaskQueue
+from cubeless.errors import PlanError, SpecError
 from cubeless.runner import Prepared
 from cubeless.spec import parse_spec
+from cubeless.state import LOCK_KEY, CubeLocked
 from lambdas import planner
 
 
@@ -99,3 +102,83 @@ def test_a_resumed_run_forgets_the_dead_markers_of_the_tasks_it_queues_again(
     run.state.mark_dead(run.tasks[0].task_id, receive_count=6, final=True, error="RuntimeError: x")
     planner.handler(spec_doc(f"s3://{BUCKET}/hx.zarr"), context)
     assert run.state.dead_ids() == set()  # `cubeless redrive`: the task gets 1 + 5 new tries
+
+
+# -- one execution per cube: the cube lock -----------------------------------------------------------
+
+
+def lock_record(store: str) -> dict | None:
+    uri = fs.join(store, LOCK_KEY)
+    return json.loads(fs.get_bytes(uri)) if fs.exists(uri) else None
+
+
+def from_state_machine(doc: dict, execution: str, **input: Any) -> dict:
+    """The planner's payload from the state machine: the execution input and ``$$.Execution.Id``."""
+    return {"input": {"spec": doc, **input} if input else doc, "execution": execution}
+
+
+def test_the_planner_takes_the_cube_lock_for_its_execution_and_a_second_execution_is_refused(
+    deployment_env: Queues, run: Run, context: FakeContext, state_machine: StateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run))
+    store = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}.zarr"
+    first, second = state_machine.start(), state_machine.start()
+    out = planner.handler(from_state_machine(spec_doc(store), first, lanes=2), context)
+    assert out["run"]["run_id"] == run.run_id and out["progress"]["lanes"] == [0, 1]
+    held = lock_record(store)
+    assert held is not None and (held["run_id"], held["execution"]) == (run.run_id, first)
+    queue = TaskQueue(deployment_env.url)
+    assert queue.depth().visible == 12
+
+    with pytest.raises(CubeLocked) as err:
+        planner.handler(from_state_machine(spec_doc(store), second), context)
+    message = str(err.value)
+    assert message.startswith(f"a run of this cube is in progress (run id {run.run_id}, started {held['started']}, execution {first});")
+    assert "\n" not in message
+    assert lock_record(store) == held  # the holder's lock is left alone
+    assert queue.depth().visible == 12  # nothing queued by the refused execution
+
+    # A retry of the Plan state in the first execution takes its own lock again.
+    again = planner.handler(from_state_machine(spec_doc(store), first, lanes=2), context)
+    assert again["run"] == out["run"] and lock_record(store) == held
+
+
+def test_the_lock_of_a_finished_execution_is_taken_over(
+    deployment_env: Queues, run: Run, context: FakeContext, state_machine: StateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run))
+    store = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}.zarr"
+    first, second = state_machine.start(), state_machine.start()
+    planner.handler(from_state_machine(spec_doc(store), first), context)
+    state_machine.stop(first)  # it failed without releasing (an uncaught error, a timeout, stopped)
+    planner.handler(from_state_machine(spec_doc(store), second), context)
+    held = lock_record(store)
+    assert held is not None and (held["run_id"], held["execution"]) == (run.run_id, second)
+
+
+def test_a_planner_that_fails_after_taking_the_lock_gives_it_up(
+    deployment_env: Queues, run: Run, context: FakeContext, state_machine: StateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def prepare_then_plan_error(spec: Any, *, lock: Any = None, **kw: Any) -> Prepared:
+        lock.acquire(run.run_id)  # as prepare_run does, before its first write
+        raise PlanError("spec field `crs`: the cube in the store has another grid; use another store")
+
+    monkeypatch.setattr(planner, "prepare_run", prepare_then_plan_error)
+    store = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}.zarr"
+    with pytest.raises(PlanError):
+        planner.handler(from_state_machine(spec_doc(store), state_machine.start()), context)
+    assert lock_record(store) is None
+
+
+def test_an_up_to_date_cube_takes_no_lock_and_a_direct_invocation_plans_without_it(
+    deployment_env: Queues, run: Run, context: FakeContext, state_machine: StateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}.zarr"
+    monkeypatch.setattr(planner, "prepare_run", lambda spec, **kw: Prepared(None, [], 0, False, 0.0))
+    assert planner.handler(from_state_machine(spec_doc(store), state_machine.start()), context)["run"] is None
+    assert lock_record(store) is None
+    monkeypatch.setattr(planner, "prepare_run", fake_prepare(run))
+    assert planner.handler(spec_doc(store), context)["run"]["run_id"] == run.run_id  # no execution ARN: no lock
+    assert lock_record(store) is None
+    with pytest.raises(ConfigError, match="not an execution ARN"):
+        planner.handler({"input": spec_doc(store), "execution": "run-1"}, context)

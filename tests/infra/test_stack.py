@@ -268,15 +268,61 @@ def test_rounds_of_a_distributed_map_of_short_worker_lanes(synth: Synth) -> None
 
 def test_plan_and_commit_fail_with_a_one_line_cause(synth: Synth) -> None:
     states = definition(synth.templates[STACK])["States"]
-    assert states["Plan"]["Catch"][0]["ErrorEquals"] == ["SpecError", "PlanError", "ConfigError"]
+    assert states["Plan"]["Catch"][0]["ErrorEquals"] == ["SpecError", "PlanError", "ConfigError", "CubeLocked"]
+    assert states["Plan"]["Catch"][0]["Next"] == "Explain"  # failed before the lock was ours: nothing to release
     assert states["Anything to do?"]["Choices"][0] == {"Variable": "$.run", "IsNull": True, "Next": "Up to date"}
     commit = states["Commit"]
     assert not any("TasksPending" in r["ErrorEquals"] for r in commit["Retry"])  # judged once, when every task is settled
-    assert commit["Catch"][0]["ErrorEquals"] == ["RunIncomplete", "TasksPending"]
-    explain = states[commit["Catch"][0]["Next"]]
+    assert commit["Catch"][0]["ErrorEquals"] == ["RunIncomplete", "TasksPending", "CubeLocked"]
+    release = states[commit["Catch"][0]["Next"]]
+    explain = states[release["Next"]]
     assert explain["Parameters"]["cause.$"] == "States.StringToJson($.error.Cause)"
     assert states[explain["Next"]] == {"Type": "Fail", "ErrorPath": "$.error", "CausePath": "$.cause.errorMessage"}
     assert states[commit["Next"]]["Type"] == "Succeed"
+
+
+def test_one_execution_per_cube_the_lock_is_taken_by_the_plan_and_released_on_every_failure_path(synth: Synth) -> None:
+    d = definition(synth.templates[STACK])
+    states = d["States"]
+    planner, commit = (next(k for k in functions(synth) if k.startswith(f"Functions{p}")) for p in ("Planner", "Commit"))
+    # The planner gets the execution input as started and the execution that takes the lock.
+    assert states["Plan"]["Resource"].endswith(f":function:{planner}")
+    assert states["Plan"]["Parameters"] == {"input.$": "$", "execution.$": "$$.Execution.Id"}
+    assert states["Commit"]["Parameters"]["execution.$"] == "$$.Execution.Id"
+    # Every Catch after Plan that ends the execution failed goes through Release first.
+    release = states["Release"]
+    assert release["Resource"].endswith(f":function:{commit}") and release["Next"] == "Explain"
+    assert release["Parameters"] == {"action": "release", "run.$": "$.run", "execution.$": "$$.Execution.Id"}
+    assert release["ResultPath"] is None  # $.error, the run's error, is what the execution fails with
+    assert release["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.release_error", "Next": "Explain"}]
+    catches = {name: [c["Next"] for c in st.get("Catch", [])] for name, st in states.items() if name not in ("Plan", "Release")}
+    assert catches["Progress"] == ["Release"] and catches["Commit"] == ["Release"]
+    assert {n for nexts in catches.values() for n in nexts} == {"Release"}
+    into_explain = {n for n, st in states.items() if st.get("Next") == "Explain" or any(c["Next"] == "Explain" for c in st.get("Catch", []))}
+    assert into_explain == {"Plan", "Release"}
+    # An execution cannot outlive the timeout its lock expires with.
+    env = fn(synth, "Planner")["Properties"]["Environment"]["Variables"]
+    assert d["TimeoutSeconds"] == 7 * 24 * 3600 == int(env["CUBELESS_RUN_TIMEOUT"])
+    assert fn(synth, "Commit")["Properties"]["Environment"]["Variables"]["CUBELESS_RUN_TIMEOUT"] == env["CUBELESS_RUN_TIMEOUT"]
+
+
+def test_planner_and_commit_may_ask_whether_an_execution_of_this_state_machine_runs(synth: Synth) -> None:
+    t = synth.templates[STACK]
+    (sm,) = synth.resources(STACK, "AWS::StepFunctions::StateMachine")
+    found = [
+        (res["Properties"], st)
+        for res in t["Resources"].values()
+        if res["Type"] == "AWS::IAM::Policy"
+        for st in res["Properties"]["PolicyDocument"]["Statement"]
+        if "states:DescribeExecution" in as_list(st["Action"])
+    ]
+    # (the Distributed Map's own policy describes its child executions, under the state machine's role)
+    lock = [(props, st) for props, st in found if any(r["Ref"].startswith(("FunctionsPlannerRole", "FunctionsCommitRole")) for r in props["Roles"])]
+    ((props, st),) = lock
+    assert as_list(st["Action"]) == ["states:DescribeExecution"]
+    assert sorted(r["Ref"].split("Role")[0] for r in props["Roles"]) == ["FunctionsCommit", "FunctionsPlanner"]
+    assert st["Resource"]["Fn::Join"][1][-2] == {"Fn::GetAtt": [sm, "Name"]}  # this state machine's executions only
+    assert render(st["Resource"], t) == f"arn:aws:states:us-east-1:123456789012:execution:{sm.lower()}-name:*"
 
 
 def test_definition_passes_asl_validator(synth: Synth, tmp_path: Path) -> None:
