@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -117,6 +117,48 @@ def delete(url: str) -> None:
         fs.rm_file(path)
     except FileNotFoundError:
         pass
+
+
+def list_names_by_stems(url: str, stems: Sequence[str], *, concurrency: int = 32) -> list[str]:
+    """Names of the objects directly under a prefix that start with one of ``stems`` (which must
+    not overlap: each name is listed once).
+
+    On S3 one paginated listing per stem (``Prefix=<prefix>/<stem>``), ``concurrency`` at a time on
+    s3fs's event loop: the million done markers of a run are ~1,000 pages, ~1 minute listed one
+    after the other, and ~120 stems of ~9 pages each at 32 in flight. Elsewhere one listing,
+    filtered. Listing caches are bypassed, as in :func:`list_names`.
+    """
+    stems = tuple(stems)
+    fsys, path = filesystem(url)
+    lsdir = getattr(fsys, "_lsdir", None)
+    if not is_remote(url) or lsdir is None or getattr(fsys, "loop", None) is None or not stems:
+        names = list_names(url)
+        return [n for n in names if n.startswith(stems)] if stems else names
+    import asyncio
+
+    from fsspec.asyn import sync
+
+    async def listings() -> list[list[dict]]:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(stem: str) -> list[dict]:
+            async with gate:
+                try:
+                    return list(await lsdir(path, refresh=True, prefix=stem))
+                except FileNotFoundError:
+                    return []
+
+        return await asyncio.gather(*(one(s) for s in stems))
+
+    prefix = path.rstrip("/") + "/"
+    out: list[str] = []
+    for entries in sync(fsys.loop, listings):
+        for e in entries:
+            if e.get("type") == "directory":
+                continue
+            name = str(e["name"])
+            out.append(name[len(prefix) :] if name.startswith(prefix) else name.rsplit("/", 1)[-1])
+    return out
 
 
 def list_names(url: str) -> list[str]:

@@ -60,6 +60,13 @@ class Task(Model):
         return f"{self.bin.label}.y{self.tile.iy}.x{self.tile.ix}"
 
 
+def task_id_stems(bins: "list[TimeBin] | tuple[TimeBin, ...]") -> list[str]:
+    """Prefixes that partition the ids of tasks in ``bins``: every :attr:`Task.task_id` starts
+    with exactly one (its bin's label, ``.y`` and the first digit of its tile row), so a run's
+    markers can be listed as ten listings per bin, concurrently."""
+    return [f"{b.label}.y{d}" for b in bins for d in range(10)]
+
+
 class TaskEncoder:
     """Serializes tasks to exactly the bytes of ``task.model_dump_json()``, each STAC item once.
 

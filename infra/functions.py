@@ -75,8 +75,8 @@ class Functions(Construct):
             description="cubeless and its runtime dependencies (layers/build.py)",
         )
         handlers = lambda_.Code.from_asset(str(ROOT), exclude=_HANDLER_ASSET_EXCLUDE)
-        # 15 min, Lambda's most: the Brazil-year plan took 116 s here (bench 4d), the real API's
-        # page latency (1-3 s x ~360 pages / 8 partitions in flight) adds about 2 min.
+        # 15 min, Lambda's most: the Brazil-year plan took 39 s here at 30 m and 63 s at 10 m (bench
+        # 4d/4g); the real API's page latency (1-3 s x ~360 pages / 8 partitions in flight) adds ~1-2 min.
         self.planner = self._zip_function(
             "Planner", handlers, "lambdas.planner.handler", settings.planner_memory_mb, Duration.minutes(15)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from aws_helpers import FakeContext, Queues, Run, fake_execute
+from aws_helpers import BUCKET, FakeContext, Queues, Run, fake_execute
 
 from cubeless.aws import RunStalled, TaskQueue
 from lambdas import progress
@@ -51,3 +51,34 @@ def test_rounds_without_progress_fail_the_run(deployment_env: Queues, run: Run, 
         progress.handler(event(run, out), context)
     fake_execute(run.tasks[1])  # any settled task resets the count
     assert progress.handler(event(run, out), context)["stalled"] == 0
+
+
+def test_a_large_runs_done_markers_are_listed_by_task_id_stem_on_s3(queues: Queues, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Above LIST_SPLIT_ABOVE tasks, done/ is listed as ten listings per bin (stems `<bin>.y<d>`),
+    # concurrently; the ids are the same as one listing's, each once.
+    from datetime import date, datetime, timezone
+
+    from cubeless import fs
+    from cubeless import state as state_mod
+    from cubeless.models import RunRecord, TaskResult, task_id_stems
+    from cubeless.state import RunState
+    from cubeless.timebins import TimeBin
+
+    bins = [TimeBin(start=date(2024, m, 1), end=date(2024, m + 1, 1)) for m in (1, 2)]
+    rows = [0, 1, 9, 10, 19, 100, 105, 999]
+    ids = {f"{b.label}.y{iy}.x{ix}" for b in bins for iy in rows for ix in (0, 7, 12)}
+    assert all(sum(i.startswith(s) for s in task_id_stems(bins)) == 1 for i in ids)  # a partition of the ids
+    st = RunState(f"s3://{BUCKET}/stems/cube.zarr", "cube-stems")
+    st.write_record(RunRecord(run_id=st.run_id, cube="c", store=st.store, bins=bins, task_count=len(ids), tiles_total=1,
+                              tiles_on_land=1, items_found=0, tasks_uri=st.tasks_uri, created=datetime.now(timezone.utc)))
+    for i in sorted(ids):
+        st.mark_done(TaskResult(task_id=i, status="done"))
+    fs.put_bytes(fs.join(st.root, "done", "notes.txt"), b"not a marker")
+    calls: list[int] = []
+    real = fs.list_names_by_stems
+    monkeypatch.setattr(fs, "list_names_by_stems", lambda url, stems, **kw: calls.append(len(stems)) or real(url, stems, **kw))
+    monkeypatch.setattr(state_mod, "LIST_SPLIT_ABOVE", 10)
+    assert st.done_ids() == ids and calls == [20]
+    assert sorted(real(fs.join(st.root, "done"), task_id_stems(bins))) == sorted(f"{i}.json" for i in ids)
+    monkeypatch.setattr(state_mod, "LIST_SPLIT_ABOVE", 10_000)  # a small run: one listing, the same ids
+    assert st.done_ids() == ids and calls == [20]
