@@ -1007,12 +1007,6 @@ def default_io_threads(*, remote: bool = True) -> int:
     return max(8, min(32, 4 * cpus)) if remote else max(1, cpus)
 
 
-def is_remote(href: str) -> bool:
-    """Whether GDAL reads ``href`` over the network (anything with a scheme other than file)."""
-    scheme, sep, _ = href.partition("://")
-    return bool(sep) and scheme.lower() != "file"
-
-
 def hrefs_to_read(items: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
     """The hrefs of the assets ``keys`` of every item (missing assets skipped)."""
     out: list[str] = []

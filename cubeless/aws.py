@@ -35,7 +35,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -49,7 +49,7 @@ from .errors import CubelessError, SpecError, UserError
 from .models import Task, TaskEncoder
 from .spec import CubeSpec, did_you_mean, parse_spec
 from .state import EXECUTION_TIMEOUT, CubeLock
-from .timebins import bin_start
+from .timebins import last_complete_day
 
 #: A task body larger than this is written to S3 and the message carries a pointer to it.
 MAX_BODY_BYTES = 200 * 1024
@@ -232,11 +232,6 @@ class RunRequest(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def last_complete_day(spec: CubeSpec, as_of: datetime) -> date:
-    """The last day of the last bin of ``spec.interval`` that ended before ``as_of``."""
-    return bin_start(as_of.astimezone(timezone.utc).date(), spec.interval) - timedelta(days=1)
-
-
 #: Keys of the planner's payload from the state machine: the execution input and ``$$.Execution.Id``.
 PLANNER_PAYLOAD = frozenset({"input", "execution"})
 _EXECUTION_ARN = re.compile(r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:execution:[^:]+:[^:]+$")
@@ -281,7 +276,8 @@ def parse_request(event: Any) -> RunRequest:
         first = err.errors()[0]
         raise SpecError(f"execution input field `{first['loc'][0]}`: {first['msg']} (got {first.get('input')!r})") from None
     if request.as_of is not None:
-        end = last_complete_day(spec, request.as_of)
+        # The last day of the last bin that ended before as_of.
+        end = last_complete_day(spec.interval, request.as_of.astimezone(timezone.utc).date())
         if end < spec.start:
             raise SpecError(f"no {spec.interval} starting at or after {spec.start} is complete at {request.as_of:%Y-%m-%d}; nothing to run yet")
         if end < spec.end:

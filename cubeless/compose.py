@@ -43,7 +43,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import _load
+from . import _load, fs
 from ._median import dilate, masked_median
 from .errors import TaskError
 from .grid import geobox_of, tile_geobox
@@ -203,7 +203,7 @@ def compose(
     except ValueError as exc:
         raise TaskError(str(exc)) from exc
     _load.ensure_gdal()
-    remote = any(_load.is_remote(h) for h in _load.hrefs_to_read(task.items, keys))
+    remote = any(fs.is_remote(h) for h in _load.hrefs_to_read(task.items, keys))
     threads = io_threads or _load.default_io_threads(remote=remote)
 
     ny, nx = task.tile.ny, task.tile.nx

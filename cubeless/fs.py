@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 
 def is_remote(url: str) -> bool:
-    """True for an object-store URL (``s3://...``, ``memory://...``), false for a local path."""
-    return "://" in url and not url.startswith("file://")
+    """True for a URL read over the network (``s3://...``, ``https://...``, ``memory://...``), false
+    for a local path or ``file://`` URL."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() != "file"
 
 
 def local_path(url: str) -> str:

@@ -35,13 +35,14 @@ import shapely
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
+from ._load import item_datetime
 from .errors import PlanError
 from .grid import cube_geobox, grid_of, spec_region, tile_shape
 from .land import TileSelection, count_tiles, select_tiles
 from .models import Grid, RunRecord, Task, Tile, run_id_for
-from .search import SearchStats, bins_datetime, cloud_ok, search_items
+from .search import SearchStats, cloud_ok, search_items
 from .spec import CubeSpec
-from .timebins import TimeBin, bin_start, complete_bins, next_start, time_bins
+from .timebins import TimeBin, bin_of_days, bin_start, bins_datetime, complete_bins, next_start, time_bins
 
 #: ``search(spec, region, *, datetime=..., progress=...) -> list[item dict]``
 SearchFn = Callable[..., list[dict[str, Any]]]
@@ -248,21 +249,6 @@ def _round(coords: Any, nd: int) -> Any:
     return coords
 
 
-def item_datetime(item: Mapping[str, Any]) -> datetime | None:
-    """The item's acquisition time in UTC (``datetime``, else ``start_datetime``); None if absent."""
-    props = item.get("properties") or {}
-    raw = props.get("datetime") or props.get("start_datetime")
-    if not raw:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(raw).replace("z", "Z"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
-
-
 def _footprint(item: Mapping[str, Any]) -> BaseGeometry | None:
     """Lon/lat footprint of one item: its geometry, else its bbox; None when it has neither."""
     geom = item.get("geometry")
@@ -384,18 +370,6 @@ def _fill(spec: CubeSpec, committed: Sequence[TimeBin], origin: date | TimeBin |
             f"a gap of {missing} {iv}(s); set `start` to {expected} or earlier"
         )
     return bins, len(done)
-
-
-def _bin_index(bins: Sequence[TimeBin], days: Sequence[date]) -> np.ndarray:
-    """Index of the bin holding each day (``start <= day < end``), -1 for days in none."""
-    if not days:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.array([b.start for b in bins], dtype="datetime64[D]")
-    ends = np.array([b.end for b in bins], dtype="datetime64[D]")
-    d = np.array(days, dtype="datetime64[D]")
-    idx = np.searchsorted(starts, d, side="right") - 1
-    ok = (idx >= 0) & (d < ends[np.clip(idx, 0, None)])
-    return np.where(ok, idx, -1)
 
 
 def bins_to_fill(
@@ -580,11 +554,13 @@ def _assign(
     items_found = len(found)
     for item in found:
         if cloud_ok(item, spec.max_cloud_cover):
-            dt = item_datetime(item)
-            if dt is not None:
-                dated.append((dt, str(item.get("id")), item))
+            try:
+                dt = item_datetime(item)  # the loader's rule (odc-stac's): the item is loaded at this time
+            except ValueError:  # no (valid) datetime: the item cannot be placed in a bin
+                continue
+            dated.append((dt, str(item.get("id")), item))
     del found
-    bin_of = _bin_index(bins, [d.date() for d, _, _ in dated])
+    bin_of = bin_of_days(bins, [d.date() for d, _, _ in dated])
     placed = [(d, iid, int(b), item) for (d, iid, item), b in zip(dated, bin_of.tolist()) if b >= 0]
     placed.sort(key=lambda p: (p[0], p[1]))
     unique: list[tuple[int, Mapping[str, Any]]] = []

@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator, Size
 
 from .hrefs import HrefPolicy
 from .models import Manifest, RunRecord, Task, TaskResult
+from .plan import DEFAULT_MAX_TASKS
 from .spec import CubeSpec
 from .state import CubeLock, CubeLocked, RunState
 
 if TYPE_CHECKING:
     from .search import SearchStats
 
-#: Default ceiling on tasks per run; bigger cubes should be split or run on AWS.
-DEFAULT_MAX_TASKS = 200_000
 
 
 @dataclass(frozen=True)

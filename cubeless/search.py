@@ -51,7 +51,7 @@ from urllib3.util.retry import Retry
 
 from .errors import PlanError
 from .spec import CubeSpec
-from .timebins import TimeBin, time_bins
+from .timebins import bins_datetime, time_bins  # noqa: F401  (search.bins_datetime)
 
 if TYPE_CHECKING:
     from pystac_client import Client
@@ -123,13 +123,6 @@ class SearchOptions:
             retry_after_max=self.retry_after_max,
             raise_on_status=False,  # hand back the last answer: its status goes in the error line
         )
-
-
-def bins_datetime(bins: list[TimeBin]) -> str:
-    """STAC ``datetime`` interval covering whole bins (a bin's median uses all of its days)."""
-    first, last = bins[0], bins[-1]
-    end = last.end - timedelta(days=1)
-    return f"{first.start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59.999Z"
 
 
 def _reason(err: Exception) -> str:

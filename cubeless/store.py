@@ -35,7 +35,7 @@ from . import icechunk_store as _ic
 from .errors import CubelessError, PlanError, TaskError
 from .models import Grid, Task
 from .spec import CubeSpec
-from .timebins import TimeBin, bin_start, next_start
+from .timebins import TimeBin, bin_start, bins_from, time_index  # noqa: F401  (store.time_index, store.bins_from)
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -129,33 +129,6 @@ def _check_identity(store: str, existing: Mapping[str, Any], wanted: Mapping[str
 
 
 # -- time -------------------------------------------------------------------------------------------
-def time_index(origin: date, bin: TimeBin | date, interval: str) -> int:
-    """Index of ``bin`` on a time axis whose index 0 is the bin starting at ``origin``."""
-    start = bin.start if isinstance(bin, TimeBin) else bin
-    if bin_start(start, interval) != start:
-        raise ValueError(f"{start} is not the start of a {interval} bin")
-    if start < origin:
-        raise PlanError(
-            f"bin {start} is before the cube's first bin {origin}; a cube cannot grow backwards in time, "
-            f"start at {origin} or later, or choose another store"
-        )
-    if interval == "week":
-        return (start - origin).days // 7
-    months = {"month": 1, "quarter": 3, "year": 12}[interval]
-    return ((start.year - origin.year) * 12 + start.month - origin.month) // months
-
-
-def bins_from(origin: date, n: int, interval: str) -> list[TimeBin]:
-    """The first ``n`` bins of a time axis starting at ``origin``."""
-    out: list[TimeBin] = []
-    s = origin
-    for _ in range(n):
-        e = next_start(s, interval)
-        out.append(TimeBin(start=s, end=e))
-        s = e
-    return out
-
-
 def days_since_epoch(d: date) -> int:
     return (d - EPOCH).days
 
@@ -566,7 +539,7 @@ def ensure_cube(
 ScaleOffsetLike = Mapping[str, Any] | tuple[float, float] | None
 
 
-def _scale_offsets(obj: ScaleOffsetLike, bands: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+def _as_scale_offsets(obj: ScaleOffsetLike, bands: tuple[str, ...]) -> dict[str, tuple[float, float]]:
     """Normalize band -> (scale, offset); accepts one pair for every band or {"scale", "offset"} dicts."""
     if obj is None:
         return {}
@@ -698,7 +671,7 @@ def _write_into(
     if missing or extra:
         raise ValueError(f"write_task needs exactly the bands {list(spec.bands)}; missing {missing}, unexpected {extra}")
 
-    src = {b: so for b, so in _scale_offsets(scale_offset, spec.bands).items() if so != (1.0, 0.0)}
+    src = {b: so for b, so in _as_scale_offsets(scale_offset, spec.bands).items() if so != (1.0, 0.0)}
     data: dict[str, np.ndarray] = {}
     for b in spec.bands:
         dst = cube_scale_offset(group[b].attrs)

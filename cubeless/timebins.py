@@ -1,10 +1,20 @@
-"""Time bins: calendar weeks, months, quarters or years covering the spec's [start, end]."""
+"""Time bins: calendar weeks, months, quarters or years covering the spec's [start, end].
+
+Every rule about bins lives here: which bins a date range covers, when a bin is complete, a bin's
+index on a cube's time axis, the STAC ``datetime`` interval of whole bins, the bin of a day.
+(:mod:`cubeless.demo.verify` derives bins from the calendar on its own, to check this module.)
+"""
 
 from __future__ import annotations
 
 from datetime import date, timedelta
 
+from typing import TYPE_CHECKING, Sequence
+
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class TimeBin(BaseModel):
@@ -71,3 +81,54 @@ def complete_bins(bins: list[TimeBin], interval: str, today: date, settle_days: 
     """The bins of ``bins`` that are complete on ``today`` (see :func:`last_complete_day`)."""
     last = last_complete_day(interval, today, settle_days)
     return [b for b in bins if b.end <= last + timedelta(days=1)]
+
+
+def time_index(origin: date, bin: TimeBin | date, interval: str) -> int:
+    """Index of ``bin`` on a time axis whose index 0 is the bin starting at ``origin``."""
+    from .errors import PlanError
+
+    start = bin.start if isinstance(bin, TimeBin) else bin
+    if bin_start(start, interval) != start:
+        raise ValueError(f"{start} is not the start of a {interval} bin")
+    if start < origin:
+        raise PlanError(
+            f"bin {start} is before the cube's first bin {origin}; a cube cannot grow backwards in time, "
+            f"start at {origin} or later, or choose another store"
+        )
+    if interval == "week":
+        return (start - origin).days // 7
+    months = {"month": 1, "quarter": 3, "year": 12}[interval]
+    return ((start.year - origin.year) * 12 + start.month - origin.month) // months
+
+
+def bins_from(origin: date, n: int, interval: str) -> list[TimeBin]:
+    """The first ``n`` bins of a time axis starting at ``origin``."""
+    out: list[TimeBin] = []
+    s = origin
+    for _ in range(n):
+        e = next_start(s, interval)
+        out.append(TimeBin(start=s, end=e))
+        s = e
+    return out
+
+
+def bins_datetime(bins: Sequence[TimeBin]) -> str:
+    """STAC ``datetime`` interval covering whole bins (a bin's median uses all of its days)."""
+    first, last = bins[0], bins[-1]
+    end = last.end - timedelta(days=1)
+    return f"{first.start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59.999Z"
+
+
+def bin_of_days(bins: Sequence[TimeBin], days: Sequence[date]) -> "np.ndarray":
+    """Index in ``bins`` (sorted, contiguous or not) of the bin holding each day
+    (``start <= day < end``), -1 for days in none."""
+    import numpy as np
+
+    if not days:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.array([b.start for b in bins], dtype="datetime64[D]")
+    ends = np.array([b.end for b in bins], dtype="datetime64[D]")
+    d = np.array(days, dtype="datetime64[D]")
+    idx = np.searchsorted(starts, d, side="right") - 1
+    ok = (idx >= 0) & (d < ends[np.clip(idx, 0, None)])
+    return np.where(ok, idx, -1)
