@@ -5,7 +5,10 @@ The table (goal, measured, ratio, pass/fail per row) is printed and written to
 runs under pytest. Options: ``--reps N`` (repetitions of each timed comparison, default 3),
 ``--out PATH`` (default docs/benchmarks.md, ``-`` for none), ``--skip-s3`` (no moto S3 commit),
 ``--only 1,4`` (some sections only: 1 task, 2 median kernel, 3 reading, 4 planner, 5 commit, 6 cost,
-7 orchestration simulated at scale, 8 map: pyramid build and tile latency).
+7 orchestration simulated at scale, 8 map: pyramid build and tile latency, 9 the Icechunk format;
+with ``--only`` the other sections' rows of an existing ``--out`` file are kept),
+``--icechunk-forks N`` (forks merged by section 9's commit, default 10,000, or the environment's
+``CUBELESS_BENCH_ICECHUNK_FORKS``; 100,000 is the figure the commit Lambda is sized from).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from cubeless.cost import estimate_cost, lambda_task_seconds
 from . import commit as commit_bench
 from . import kernel, mapbench, planner, reading
 from .data import scene_set
-from .report import Row, machine, markdown, table
+from .report import Row, machine, markdown, merge, table
 from .task import BANDS, bench_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +46,7 @@ GOAL_BRAZIL_S = 2.0
 GOAL_WORLD_S = 15.0
 GOAL_ENQUEUE = 2000.0
 GOAL_COMMIT_S = 30.0
+ICECHUNK_FORKS = 10_000
 LAMBDA_MEMORY_MB = 2048
 SEED_PUBLISHED_PER_1000 = 1.0 / 6600 * 1000  # "~$1 per 6,600 tasks"
 
@@ -477,8 +481,50 @@ def section_8(ctx: dict[str, Any], rows: list[Row], notes: list[str]) -> None:
                  "Reference figures, no goal yet.")
 
 
+def section_9(ctx: dict[str, Any], rows: list[Row], notes: list[str]) -> None:
+    """9. the Icechunk format: task writes vs Zarr, bytes per fork, commit of many forks, reading one bin."""
+    from infra.settings import Settings
+
+    from . import icechunk as icb
+
+    n = ctx["icechunk_forks"]
+    log("icechunk: task writes in both formats ...")
+    w = icb.write_throughput()
+    ratio = w["icechunk_write_s_per_task"] / w["zarr_write_s_per_task"]
+    rows.append(Row("9a", "Icechunk: chunk writes of a 1200 px task (3 bands + count) vs the Zarr format", "-",
+                    f"icechunk {w['icechunk_write_s_per_task']:.3f} s vs zarr {w['zarr_write_s_per_task']:.3f} s per task; "
+                    f"its change set {w['fork_bytes_real_task']:,.0f} bytes", f"{ratio:.2f}x zarr", None))
+    log("icechunk: one bin read in both formats ...")
+    r = icb.read_bin(reps=ctx["reps"])
+    rows.append(Row("9b", "Icechunk: read one bin (9 tiles of 600 px, 3 bands + count) with xarray vs the Zarr format", "-",
+                    f"icechunk {r['icechunk_read_bin_s']:.3f} s vs zarr {r['zarr_read_bin_s']:.3f} s",
+                    f"{r['icechunk_read_bin_s'] / r['zarr_read_bin_s']:.2f}x zarr", None))
+    log(f"icechunk: {n:,} forks made, then merged and committed in a fresh process ...")
+    c = icb.commit_forks(n)
+    rows.append(Row("9c", f"Icechunk: merge + commit a run of {n:,} forks (local disk, fresh process)", f"< {GOAL_COMMIT_S:g} s",
+                    f"{c['commit_s']:.2f} s (merge {c['icechunk_merge_seconds']:.2f} s reading "
+                    f"{c['icechunk_fork_bytes'] / MB:,.1f} MB of forks, commit {c['icechunk_commit_seconds']:.2f} s); "
+                    f"{c['fork_bytes_median']:,.0f} bytes per fork", f"{GOAL_COMMIT_S / c['commit_s']:.0f}x headroom",
+                    c["commit_s"] < GOAL_COMMIT_S))
+    memory = Settings().commit_memory_mb
+    rows.append(Row("9d", f"Icechunk: peak RSS of that commit ({n:,} forks)", f"< the commit Lambda's {memory:,} MB",
+                    f"{c['peak_rss_mb']:,.0f} MB ({c['rss_before_mb']:,.0f} MB after imports)",
+                    f"{c['peak_rss_mb'] / memory:.2f} of it", c["peak_rss_mb"] < memory))
+    notes.append(
+        "9: `bench/icechunk.py`. 9a: `store.write_task` of 4 tasks of realistic random DNs into a fresh cube of each "
+        "format (Icechunk: through the run's fork, then the pickled change set stored). 9b: one bin of a cube of 9 random 600 px tiles loaded by "
+        "`cubeless.open(store, raw=True)` (Icechunk: a readonly session on main), median of the repetitions. 9c/9d: a run staged as the "
+        "planner does, then one fork per task made as a worker makes it (the run's fork unpickled, two chunks set, the "
+        "change set stored), their chunks small enough to be inlined in the change sets (so each is larger than a "
+        "worker's: conservative for the merge); the merge + commit (`icechunk_store.commit_run`) runs in a fresh "
+        "process, its peak RSS is that process's `VmHWM` (not `getrusage` maxrss, which Linux carries over from the "
+        "parent that made the forks). The commit Lambda also lists the done markers and "
+        f"writes the manifest (section 5). {n:,} forks by default; `--icechunk-forks 100000` (or "
+        "`CUBELESS_BENCH_ICECHUNK_FORKS=100000`) measures the run size the commit Lambda is sized for (infra/settings.py).")
+
+
 SECTIONS = [("1", section_1), ("2", section_2), ("3", section_3), ("4", section_4), ("5", section_5), ("6", section_6),
-            ("7", section_7), ("8", section_8)]
+            ("7", section_7), ("8", section_8), ("9", section_9)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,7 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each timed comparison (default 3)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown output ('-': none)")
     ap.add_argument("--skip-s3", action="store_true", help="skip the 10,000-task commit on moto S3")
-    ap.add_argument("--only", default="", help="comma-separated sections to run (1-8; default all)")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (1-9; default all); the other "
+                    "sections' rows of an existing --out file are kept")
+    ap.add_argument("--icechunk-forks", type=int,
+                    default=int(os.environ.get("CUBELESS_BENCH_ICECHUNK_FORKS") or ICECHUNK_FORKS),
+                    help=f"forks merged by section 9's commit (default {ICECHUNK_FORKS:,}, or CUBELESS_BENCH_ICECHUNK_FORKS)")
     a = ap.parse_args(argv)
     reps = max(1, a.reps)
     m = machine()
@@ -498,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="cubeless-bench-")
 
     ctx: dict[str, Any] = {"reps": reps, "tmp": tmp, "bt": bench_task(os.path.join(tmp, "probe.zarr")), "ss": ss,
-                           "skip_s3": a.skip_s3}
+                           "skip_s3": a.skip_s3, "icechunk_forks": a.icechunk_forks}
     bt = ctx["bt"]
     only = {x.strip() for x in a.only.split(",")} if a.only else None
     for num, fn in SECTIONS:
@@ -532,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     head.append("1e: the same cubeless code with `cubeless._load.DIRECT_READS = False`, i.e. every read through "
                     "GDAL's warper as odc-stac does (the read path before this change). 1f/1g: larger chunks are "
                     "processed in strips of rows within `compose`'s memory budget (512 MiB of per-observation arrays).")
-    notes[:0] = head
+    if only is None or "1" in only:
+        notes[:0] = head
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
@@ -540,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if a.out != "-":
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(markdown(m, rows, notes, load_end))
+        out_path = Path(a.out)
+        if only is not None and out_path.exists():  # update those sections, keep the others
+            out_path.write_text(merge(out_path.read_text(), rows, notes, only, m))
+        else:
+            out_path.write_text(markdown(m, rows, notes, load_end))
         log(f"wrote {a.out}")
     failed = [r.key for r in rows if r.ok is False]
     if failed:

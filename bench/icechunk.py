@@ -1,8 +1,9 @@
 """Icechunk format benchmarks (issue 12): task writes vs the Zarr format, bytes per fork, commit time
 of a run with many forks, read time of one bin from both formats.
 
-``python -m bench.icechunk [--forks 10000,100000] [--reps 3]`` prints one line per figure; the
-same functions feed section 7 of ``python -m bench``.
+``python -m bench.icechunk [--forks 10000,100000] [--skip write,read,commit]`` prints one line per
+figure; the same functions feed section 9 of ``python -m bench``. The commit of the forks runs in a
+fresh process, so its peak RSS is the commit's (what sizes the commit Lambda).
 
 The commit benchmark makes ``n`` real forks (one per task, each setting the chunks of one tile
 through its own unpickled copy of the run's fork, as workers do); their chunks are one small
@@ -91,9 +92,10 @@ def write_throughput(chunk: int = 1200, tasks: int = 4) -> dict[str, float]:
     return out
 
 
-def commit_forks(n: int) -> dict[str, Any]:
-    """Make ``n`` forks (one per task: a copy of the run's fork holding one tile's chunks of a band and
-    ``count``), then time the merge + commit of all of them (:func:`cubeless.icechunk_store.commit_run`)."""
+def make_forks(root: str, n: int) -> dict[str, Any]:
+    """Stage a run of ``n`` tasks in a new cube under ``root`` and store one fork per task (a copy of
+    the run's fork holding one tile's chunks of a band and ``count``), as ``n`` workers would; return
+    the store, the setup seconds and the median fork size."""
     import pickle
 
     from zarr.core.buffer import default_buffer_prototype
@@ -105,28 +107,75 @@ def commit_forks(n: int) -> dict[str, Any]:
     from cubeless.state import RunState
 
     side = int(np.ceil(np.sqrt(n))) * 64 * 0.00027 + 0.001
+    t0 = time.perf_counter()
+    store = os.path.join(root, "cube")
+    _, ts = _setup(store, "icechunk", n, chunk=64, bands=["red"], bbox=[0.0, 0.0, side, side])
+    state = RunState(ts[0].spec.store, "bench")
+    S.write_task(ts[0], *_payload(ts[0], None))  # one real task: its encoded chunks stand for every task's
+    first = pickle.loads(fs.get_bytes(IC.fork_uri(state, ts[0].task_id)))
+    proto = default_buffer_prototype()
+    enc = {v: sync(first.store.get(f"{v}/c/0/0/0", prototype=proto)) for v in ("red", "count")}
+    base = fs.get_bytes(fs.join(state.root, IC.FORK_NAME))
+    for t in ts[1:]:  # what each worker does, minus composing: chunks through its fork, fork stored
+        fork = pickle.loads(base)
+        for v, buf in enc.items():
+            sync(fork.store.set(f"{v}/c/0/{t.tile.iy}/{t.tile.ix}", buf))
+        IC.save_fork(state, t.task_id, fork)
+    sizes = [os.path.getsize(IC.fork_uri(state, t.task_id)) for t in ts[:200]]
+    return {"store": store, "setup_s": time.perf_counter() - t0, "fork_bytes_median": float(statistics.median(sizes))}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (``VmHWM``). Not ``getrusage`` maxrss: Linux carries the parent's peak
+    into a child across fork + exec, so a child of a big parent reports the parent's figure."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover - not Linux
+
+
+def commit_child(store: str) -> dict[str, Any]:
+    """Body of the fresh process that commits the forks made by :func:`make_forks` (what the commit
+    Lambda does for an Icechunk run, minus listing done markers and writing the manifest: section 5);
+    its seconds and peak RSS (after imports, and for the whole process)."""
+    import icechunk  # noqa: F401 - imported before the baseline RSS, as in a warm Lambda
+    import zarr  # noqa: F401
+
+    from cubeless import icechunk_store as IC
+    from cubeless.state import RunState
+
+    state = RunState(store, "bench")
+    ids = sorted(name.removesuffix(".pickle") for name in os.listdir(os.path.join(state.root, IC.FORKS_DIR)))
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    _, figures = IC.commit_run(state, ids, message="bench", metadata={"run_id": "bench"})
+    took = time.perf_counter() - t0
+    return {"forks": float(len(ids)), "commit_s": took, "rss_before_mb": rss0,
+            "peak_rss_mb": peak_rss_mb(),
+            **{k: float(v) for k, v in figures.items()}}
+
+
+def commit_forks(n: int) -> dict[str, Any]:
+    """Make ``n`` forks (:func:`make_forks`), then time the merge + commit of all of them
+    (:func:`cubeless.icechunk_store.commit_run`) in a fresh process, with its peak RSS."""
+    import json
+    import subprocess
+    import sys
+
+    from cubeless import store as S
+
     with tempfile.TemporaryDirectory(prefix="cubeless-bench-forks-") as tmp:
-        t0 = time.perf_counter()
-        _, ts = _setup(os.path.join(tmp, "cube"), "icechunk", n, chunk=64, bands=["red"], bbox=[0.0, 0.0, side, side])
-        state = RunState(ts[0].spec.store, "bench")
-        S.write_task(ts[0], *_payload(ts[0], None))  # one real task: its encoded chunks stand for every task's
-        first = pickle.loads(fs.get_bytes(IC.fork_uri(state, ts[0].task_id)))
-        proto = default_buffer_prototype()
-        enc = {v: sync(first.store.get(f"{v}/c/0/0/0", prototype=proto)) for v in ("red", "count")}
-        base = fs.get_bytes(fs.join(state.root, IC.FORK_NAME))
-        for t in ts[1:]:  # what each worker does, minus composing: chunks through its fork, fork stored
-            fork = pickle.loads(base)
-            for v, buf in enc.items():
-                sync(fork.store.set(f"{v}/c/0/{t.tile.iy}/{t.tile.ix}", buf))
-            IC.save_fork(state, t.task_id, fork)
-        setup = time.perf_counter() - t0
-        sizes = [os.path.getsize(IC.fork_uri(state, t.task_id)) for t in ts[:200]]
-        t0 = time.perf_counter()
-        _, figures = IC.commit_run(state, [t.task_id for t in ts], message="bench", metadata={"run_id": "bench"})
-        total = time.perf_counter() - t0
-        shape = S.open_cube(ts[0].spec.store, raw=True).red.shape
-    return {"forks": float(n), "commit_s": total, "setup_s": setup, "fork_bytes_median": float(statistics.median(sizes)),
-            "cube_shape": str(shape), **{k: float(v) for k, v in figures.items()}}
+        made = make_forks(tmp, n)
+        p = subprocess.run([sys.executable, "-m", "bench.icechunk", "--commit-child", made["store"]],
+                           capture_output=True, text=True, check=True)
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        shape = S.open_cube(made["store"], raw=True).red.shape
+    if out["forks"] != n:
+        raise RuntimeError(f"the commit saw {out['forks']:.0f} forks of {n}")
+    return {**out, "setup_s": made["setup_s"], "fork_bytes_median": made["fork_bytes_median"], "cube_shape": str(shape)}
 
 
 def read_bin(chunk: int = 600, tiles: int = 9, reps: int = 3) -> dict[str, float]:
@@ -161,7 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.icechunk")
     ap.add_argument("--forks", default="10000,100000", help="comma-separated fork counts for the commit benchmark")
     ap.add_argument("--skip", default="", help="comma-separated: write, commit, read")
+    ap.add_argument("--commit-child", metavar="STORE", help=argparse.SUPPRESS)  # commit_forks' fresh process
     a = ap.parse_args(argv)
+    if a.commit_child:
+        import json
+
+        print(json.dumps(commit_child(a.commit_child)), flush=True)
+        return 0
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     if "write" not in skip:
         print("write", write_throughput(), flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -114,3 +115,38 @@ def markdown(m: dict[str, str], rows: list[Row], notes: list[str], load_end: str
     out += [f"- {n}" for n in notes]
     out.append("")
     return "\n".join(out)
+
+
+def section_of(key: str) -> str:
+    """The section number of a row key (``4c`` -> ``4``) or of a note (``4c: ...``; ``Load: ...`` is 1's)."""
+    m = re.match(r"(\d+)", key)
+    return m.group(1) if m else "1"
+
+
+def merge(old: str, rows: list[Row], notes: list[str], sections: set[str], m: dict[str, str]) -> str:
+    """``old`` (a report :func:`markdown` wrote) with the rows and notes of ``sections`` replaced by
+    ``rows`` and ``notes``: ``python -m bench --only 9`` updates section 9 and keeps the others, with
+    a note saying when each part was measured. The Machine block stays the old run's."""
+    head, _, rest = old.partition("## Results")
+    body, _, tail = rest.partition("## Notes")
+    kept: list[Row] = []
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) != 6 or cells[0] in ("#", "---") or set(cells[0]) <= {"-"}:
+            continue
+        if section_of(cells[0]) not in sections:
+            ok = {"pass": True, "FAIL": False}.get(cells[5])
+            kept.append(Row(cells[0], cells[1], cells[2], cells[3], cells[4], ok))
+    old_notes = [ln[2:] for ln in tail.splitlines() if ln.startswith("- ")]
+    old_notes = [n for n in old_notes if section_of(n) not in sections and not re.match(r"Sections? [\d, ]+ measured on", n)]
+    order = {k: i for i, k in enumerate(sorted({section_of(r.key) for r in kept + rows}, key=int))}
+    merged = sorted(kept + rows, key=lambda r: order[section_of(r.key)])  # stable: rows keep their order
+    done = ", ".join(sorted(sections, key=int))
+    stamp = (f"Section{'s' if len(sections) > 1 else ''} {done} measured on {m['date']} ({m['cpu']}, {m['cores']} "
+             f"cores; load at start {m['load_at_start']}) by `python -m bench --only {done}`; the other rows are from "
+             "the run under Machine.")
+    notes_all = sorted([*old_notes, *notes], key=lambda n: int(section_of(n)))  # stable within a section
+    lines = [head.rstrip(), "", "## Results", "", table(merged), "", "## Notes", ""]
+    lines += [f"- {n}" for n in [*notes_all, stamp]]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,8 +1,8 @@
 """End to end on emulated AWS: the synthesized state machine on moto, the real handlers, S3 scenes.
 
-See ``aws_harness.py`` for what is real and what is emulated. The cube the pipeline builds must
-equal the local runner's cube of the same spec exactly (every variable, every value, the time
-axis), and its manifest must be complete. The tests at the end pin the product fixes this
+See ``aws_harness.py`` for what is real and what is emulated. The cube the pipeline builds, in
+either format, must equal the local runner's cube of the same spec exactly (every variable, every
+value, the time axis), and its manifest must be complete. The tests at the end pin the product fixes this
 end-to-end run exposed.
 """
 
@@ -141,6 +141,52 @@ def test_one_execution_per_cube_a_second_fails_cube_locked_and_the_next_runs_aft
     result = emu.wait(third.arn, timeout=180)
     assert result.status == "SUCCEEDED", (result, emu.history_tail(third.arn))
     assert result.output["manifest"]["committed_bins"] == 3 and not fs.exists(lock_uri)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_pipeline_builds_an_icechunk_cube_as_one_snapshot(stage: H.Stage, utm_doc: dict[str, Any]) -> None:
+    """The same state machine, ``format: icechunk`` on S3 (May only: 6 tasks): the workers' forks
+    are merged by the commit Lambda into one snapshot on main, tagged with the run id, whose values
+    equal the local runner's Zarr cube; no credentials are stored with the forks."""
+    import numpy as np
+
+    from cubeless import icechunk_store as IC
+    from cubeless.store import open_cube
+
+    emu = stage.emu
+    doc = {**utm_doc, "end": "2024-05-31", "store": f"s3://{emu.bucket}/cubes/demo-utm-may.icechunk", "format": "icechunk"}
+    spec = parse_spec(doc)
+    run_id = H.run_name(spec)
+    mark = emu.dispatcher.mark()
+    ex = stage.start(doc, lanes=2)
+    result = emu.wait(ex.arn, timeout=240)
+    assert result.status == "SUCCEEDED", (result, emu.history_tail(ex.arn), emu.dispatcher.timeline(mark))
+    assert stage.worker_errors(mark) == []
+    planned = sorted(t.task_id for t in RunState(spec.store, run_id).iter_tasks())
+    assert len(planned) == 6 and sorted(stage.executed(mark)) == planned
+
+    m = read_manifest(spec.store)
+    assert m is not None and m.complete and m.run_id == run_id and m.tasks_done == 6
+    hist = IC.history(spec.store)
+    assert [h.run_id for h in hist] == [run_id, None, None] and hist[0].tags == [run_id]  # the run, the empty cube, init
+    assert m.snapshot == hist[0].id == IC.tip(spec.store)
+    assert not [b for b in IC.open_repo(spec.store).list_branches() if b.startswith(IC.RUN_BRANCH_PREFIX)]
+    prefix = f"cubes/demo-utm-may.icechunk/_cubeless/runs/{run_id}/"
+    forks = [k for k in emu.keys(prefix) if k.endswith((".pickle", ".fork"))]
+    assert len(forks) == 6 + 1  # one per task and the run's own
+    assert not any(b"testing" in emu.s3.get_object(Bucket=emu.bucket, Key=k)["Body"].read() for k in forks)
+
+    got = open_cube(spec.store, raw=True).load()
+    want = open_cube(stage.reference({**doc, "format": "zarr"}), raw=True).load()
+    assert set(got.variables) == set(want.variables) and got.sizes == want.sizes
+    for name in want.variables:
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+
+    # Started again: every bin committed, main does not move.
+    again = stage.start(doc, lanes=2)
+    assert emu.wait(again.arn, timeout=60).output["run"] is None
+    assert IC.tip(spec.store) == m.snapshot
 
 
 # -- fixes the end-to-end run exposed ----------------------------------------------------------------

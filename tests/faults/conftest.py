@@ -8,6 +8,12 @@ relies on them (pytest 9.2 + xdist 3.8 ignore them: pytest-dev/pytest-xdist#1386
 
 Spec variants (all the demo cube: EPSG:4326, 0.00027 deg, chunk 256, a 638 x 266 grid of 3 x 2
 tiles): ``may`` is May 2024 only (6 tasks), ``full`` is May-July 2024 (18 tasks; June is empty).
+
+Storage formats: the scenarios that concern the store run once per format (``FORMATS``, the
+``fmt`` parameter; :func:`store_for` names the store). An Icechunk cube is compared with the Zarr
+reference by values and array metadata (:func:`faultkit.assert_identical`): both formats hold the
+same arrays and pixel values for the same spec (tests/e2e/test_icechunk_run.py), so one fault-free
+reference per variant serves both.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ from cubeless.spec import CubeSpec, parse_spec  # noqa: E402
 POLICY = RunPolicy(workers=2, timeout=120.0, retries=5, backoff=0.2)
 #: The CLI of this checkout.
 CUBELESS = str(Path(sys.executable).with_name("cubeless"))
+#: The storage formats the store-facing scenarios run on (``@pytest.mark.parametrize("fmt", FORMATS)``).
+FORMATS = ("zarr", "icechunk")
+
+
+def store_for(directory: Path, fmt: str, stem: str = "cube") -> Path:
+    """Where a scenario's cube of format ``fmt`` lives: ``<directory>/<stem>.zarr`` or ``.icechunk``."""
+    return directory / f"{stem}.{fmt}"
 
 
 def spec_doc(stac_url: str, store: str | Path, variant: str = "may", **override: Any) -> dict[str, Any]:
@@ -97,16 +110,18 @@ def stac(synth: SceneSet) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def reference(shared_dir: Path, stac: str) -> Callable[[str], Path]:
-    """``reference(variant)``: the store of a fault-free run of that spec variant (built once per
-    test run; read-only for the tests)."""
+    """``reference(variant, fmt="zarr")``: the store of a fault-free run of that spec variant in
+    that format (built once per test run, on first use; read-only for the tests: copy it to
+    change it)."""
 
-    def get(variant: str) -> Path:
-        store = shared_dir / f"reference-{variant}" / "cube.zarr"
-        done = shared_dir / f"reference-{variant}.done"
-        with exclusive(shared_dir / f"reference-{variant}.lock"):
+    def get(variant: str, fmt: str = "zarr") -> Path:
+        name = f"reference-{variant}" if fmt == "zarr" else f"reference-{variant}-{fmt}"
+        store = store_for(shared_dir / name, fmt)
+        done = shared_dir / f"{name}.done"
+        with exclusive(shared_dir / f"{name}.lock"):
             if not done.exists():
                 shutil.rmtree(store.parent, ignore_errors=True)
-                out = run_local(make_spec(stac, store, variant), policy=POLICY)
+                out = run_local(make_spec(stac, store, variant, format=fmt), policy=POLICY)
                 assert out.complete and out.manifest is not None, out.manifest
                 assert out.pool.retried == 0, "the fault-free reference run needed retries"
                 done.touch()

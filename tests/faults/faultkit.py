@@ -10,7 +10,8 @@
 * :class:`FaultPolicy`: an :class:`~cubeless.hrefs.HrefPolicy` that carries a fault into the
   runner's worker processes (they receive the policy by pickle) and installs it there on first
   use; the fault itself (a chunk write that blocks) is then real, and so is the SIGKILL.
-* cube comparison: :func:`cube_files`, :func:`assert_identical`.
+* cube comparison: :func:`cube_files`, :func:`assert_identical` (Zarr: bytes; Icechunk: values
+  and array metadata read through a readonly session on ``main``).
 
 This module is imported by the spawned worker processes too (through the pickled policy), so it
 must stay importable without pytest fixtures.
@@ -320,16 +321,35 @@ class FaultPolicy(HrefPolicy):
     ``block_chunk``: the path of one chunk file; the first process that writes it blocks forever
     right before the write (after writing whatever else it writes concurrently), and records its
     pid in ``<fault_dir>/blocked.pid``. The test then kills that process. Fires once overall.
+
+    ``block_key``: the same for a chunk key written through an Icechunk session (e.g.
+    ``count/c/0/0/0``); every key such a process has finished writing is appended to
+    ``<fault_dir>/written.log`` (its chunk objects are then in the repository, unreferenced).
     """
 
     fault_dir: str = ""
     block_chunk: str = ""
+    block_key: str = ""
 
     def check(self, href: object) -> None:
         if self.block_chunk and self.block_chunk not in _installed:
             _installed.add(self.block_chunk)
             _install_block(self.fault_dir, self.block_chunk)
+        if self.block_key and "icechunk:" + self.block_key not in _installed:
+            _installed.add("icechunk:" + self.block_key)
+            _install_block_icechunk(self.fault_dir, self.block_key)
         super().check(href)
+
+
+def _fire(fault_dir: str) -> bool:
+    """Whether this process is the one the block fires in (once overall); records its pid."""
+    try:
+        fd = os.open(os.path.join(fault_dir, "fired"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    Path(fault_dir, "blocked.pid").write_text(str(os.getpid()))
+    return True
 
 
 def _install_block(fault_dir: str, chunk_path: str) -> None:
@@ -338,19 +358,31 @@ def _install_block(fault_dir: str, chunk_path: str) -> None:
     original = local._put
 
     def _put(path: Any, value: Any, exclusive: bool = False) -> int:
-        if str(path) == chunk_path:
-            try:
-                fd = os.open(os.path.join(fault_dir, "fired"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pass
-            else:
-                os.close(fd)
-                Path(fault_dir, "blocked.pid").write_text(str(os.getpid()))
-                while True:  # a hung write: only SIGKILL ends it
-                    time.sleep(3600)
+        if str(path) == chunk_path and _fire(fault_dir):
+            while True:  # a hung write: only SIGKILL ends it
+                time.sleep(3600)
         return original(path, value, exclusive=exclusive)
 
     local._put = _put
+
+
+def _install_block_icechunk(fault_dir: str, key: str) -> None:
+    import asyncio
+
+    from icechunk.store import IcechunkStore
+
+    original = IcechunkStore.set
+    log = os.path.join(fault_dir, "written.log")
+
+    async def set(self: Any, k: str, value: Any) -> None:
+        if k == key and _fire(fault_dir):
+            while True:  # a hung write (the event loop keeps serving the task's other writes)
+                await asyncio.sleep(3600)
+        await original(self, k, value)
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {k}\n")
+
+    IcechunkStore.set = set  # type: ignore[method-assign]
 
 
 def execute_in_lockstep(task_jsons: list[str], barrier: Any, hrefs: HrefPolicy | None, out: Any) -> None:
@@ -451,12 +483,25 @@ def chunk_files(store: str | Path) -> dict[str, bytes]:
     return {k: v for k, v in cube_files(store).items() if "/c/" in k}
 
 
+def is_icechunk(store: str | Path) -> bool:
+    from cubeless import icechunk_store as IC
+
+    return IC.is_repo(str(store))
+
+
 def assert_identical(store: str | Path, reference: str | Path, *, metadata: bool = True) -> None:
     """Byte-compare every chunk (and, with ``metadata``, every zarr.json but the root one, whose
-    title is the spec name), then the array data through xarray."""
+    title is the spec name), then the array data through xarray.
+
+    An Icechunk ``store`` (whose objects are content-addressed: their names and bytes differ from
+    run to run) is compared by what a reader of ``main`` sees instead: :func:`assert_same_cube`.
+    """
     import numpy as np
     import xarray as xr
 
+    if is_icechunk(store):
+        assert_same_cube(store, reference, metadata=metadata)
+        return
     got = cube_files(store) if metadata else chunk_files(store)
     want = cube_files(reference) if metadata else chunk_files(reference)
     got.pop("zarr.json", None)
@@ -472,6 +517,51 @@ def assert_identical(store: str | Path, reference: str | Path, *, metadata: bool
     b = xr.open_zarr(reference, chunks=None, mask_and_scale=False)
     assert a.sizes == b.sizes, f"sizes {dict(a.sizes)} != {dict(b.sizes)}"
     for name in b.variables:
+        assert np.array_equal(a[name].values, b[name].values), f"variable {name} differs"
+
+
+def assert_same_cube(store: str | Path, reference: str | Path, *, metadata: bool = True,
+                     variables: Iterable[str] | None = None) -> None:
+    """An Icechunk cube equals ``reference`` (a cube of either format) as a reader of ``main`` sees
+    it: the same arrays with the same metadata (shape, chunks, codecs, attributes; with
+    ``metadata``), the same values of every variable (or of ``variables``), and the cube's identity.
+    And the run left nothing half done: no run branch is left, main's tip is tagged with the run
+    that made it, no temporary object is left in the repository.
+
+    (A Zarr reference also holds pyramid levels, subgroups the Icechunk format does not write yet;
+    only the full-resolution arrays are compared.)
+    """
+    import numpy as np
+    import zarr
+
+    from cubeless import icechunk_store as IC
+    from cubeless.store import open_cube
+
+    root = Path(store)
+    stray = sorted(str(p.relative_to(root)) for p in root.rglob("*.partial") if "_cubeless" not in p.parts)
+    assert not stray, f"temporary files left in the repository: {stray[:5]}"
+    repo = IC.open_repo(str(store))
+    left = sorted(b for b in repo.list_branches() if b.startswith(IC.RUN_BRANCH_PREFIX))
+    assert not left, f"run branches left behind: {left}"
+    head = IC.history(str(store), limit=1)[0]
+    assert head.run_id and head.run_id in head.tags, f"main's tip {head.id} is not a tagged run commit: {head}"
+
+    got = IC.read_group(str(store))
+    want = IC.read_group(str(reference)) if is_icechunk(reference) else zarr.open_group(str(reference), mode="r")
+    names = sorted(want.array_keys()) if variables is None else sorted({*variables, "time", "time_bnds"})
+    if variables is None:
+        assert sorted(got.array_keys()) == names, f"arrays {sorted(got.array_keys())} != {names}"
+    for key in ("identity", "fingerprint", "interval", "origin", "grid") if variables is None else ():
+        assert got.attrs["cubeless"][key] == want.attrs["cubeless"][key], f"cube attribute {key} differs"
+    if metadata:
+        for name in names:
+            a, b = got[name].metadata.to_dict(), want[name].metadata.to_dict()
+            assert a == b, f"array {name}: metadata differs: {({k: (a.get(k), b.get(k)) for k in {*a, *b} if a.get(k) != b.get(k)})}"
+
+    a = open_cube(str(store), raw=True)
+    b = open_cube(str(reference), raw=True)
+    assert a.sizes["time"] == b.sizes["time"], f"sizes {dict(a.sizes)} != {dict(b.sizes)}"
+    for name in b.variables if variables is None else names:
         assert np.array_equal(a[name].values, b[name].values), f"variable {name} differs"
 
 
@@ -501,6 +591,6 @@ def url_path(href: str) -> str:
 
 __all__ = [
     "Fault", "FileServer", "Throttle", "StacProxy", "Listener", "FaultPolicy", "children_of", "parent_of",
-    "alive", "wait_for", "cube_files", "chunk_files", "assert_identical", "markers", "read_json",
+    "alive", "wait_for", "cube_files", "chunk_files", "assert_identical", "assert_same_cube", "is_icechunk", "markers", "read_json",
     "http_items", "url_path", "execute_in_lockstep", "run_and_die_before_store_manifest",
 ]

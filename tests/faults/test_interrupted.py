@@ -1,7 +1,8 @@
 """Issue 4, scenario 4: `cubeless run SPEC --local` killed (SIGKILL, with its workers) after the
 plan and about half the tasks; the same command again does only the remaining tasks and the cube
 is byte-identical to a clean run. And a run killed inside its commit, after publishing the time
-steps but before writing the store's manifest: the same command again repairs the manifest."""
+steps but before writing the store's manifest: the same command again repairs the manifest.
+Each on both formats (with Icechunk, "publishing" is moving main to the run's snapshot)."""
 
 from __future__ import annotations
 
@@ -13,24 +14,26 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import xarray as xr
-from tests.faults.conftest import cli, cli_popen, make_spec, spec_doc, write_spec
+from tests.faults.conftest import FORMATS, cli, cli_popen, make_spec, spec_doc, store_for, write_spec
 from faultkit import assert_identical, markers, run_and_die_before_store_manifest, wait_for
 
+from cubeless import icechunk_store as IC
 from cubeless.commit import read_manifest
 from cubeless.state import LOCK_KEY
+from cubeless.store import open_cube
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-b")]
 
 TASKS = 18  # the `full` cube: 6 tiles x 3 months
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_killed_run_resumes_only_what_is_missing(
-    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str]
+    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str], fmt: str
 ) -> None:
     ref = reference("full")
-    store = tmp_path / "cube.zarr"
-    spec = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "full"))
+    store = store_for(tmp_path, fmt)
+    spec = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "full", format=fmt))
     args = ("run", str(spec), "--local", "--workers", "2")
 
     first = cli_popen(*args, env=env)
@@ -46,6 +49,9 @@ def test_killed_run_resumes_only_what_is_missing(
     assert TASKS // 2 <= k < TASKS, f"{k} tasks were done when the run was killed"
     assert read_manifest(str(store)) is None, "an interrupted run must not commit"
     assert (store / LOCK_KEY).exists()  # left behind by the killed run, but not held
+    assert open_cube(str(store)).sizes["time"] == 0
+    if fmt == "icechunk":  # main holds the repository's initial snapshot and the empty cube, no run
+        assert [s.run_id for s in IC.history(str(store))] == [None, None]
 
     again = cli(*args, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -61,29 +67,32 @@ def test_killed_run_resumes_only_what_is_missing(
     assert sorted(unchanged) == sorted(before), "a task done before the kill was run again"
     manifest = read_manifest(str(store))
     assert manifest is not None and manifest.complete and len(manifest.committed_bins) == 3
+    if fmt == "icechunk":  # one snapshot for the run, however many invocations it took
+        assert len(IC.history(str(store))) == 3 and IC.history(str(store))[0].tags == [run_id]
     assert_identical(store, ref)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_killed_between_publish_and_manifest(
-    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str]
+    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str], fmt: str
 ) -> None:
     """The commit publishes (root zarr.json) and then writes the store's manifest; a run killed in
     between leaves a cube whose manifest lags behind it. Running the same command again has
     nothing to compute, but finishes that commit: the manifest describes the cube again."""
     ref = reference("may")
-    store = tmp_path / "cube.zarr"
-    spec = make_spec(stac, store, "may")
+    store = store_for(tmp_path, fmt)
+    spec = make_spec(stac, store, "may", format=fmt)
     proc = mp.get_context("spawn").Process(target=run_and_die_before_store_manifest, args=(spec.model_dump_json(),))
     proc.start()
     proc.join(600)
     assert proc.exitcode == -signal.SIGKILL
-    assert xr.open_zarr(store, chunks=None).sizes["time"] == 1  # published ...
+    assert open_cube(str(store)).sizes["time"] == 1  # published ...
     assert read_manifest(str(store)) is None  # ... but the manifest was never written
     run_id = next(Path(store, "_cubeless", "runs").iterdir()).name
     run_manifest = read_manifest(str(store), run_id)
     assert run_manifest is not None and run_manifest.complete
 
-    path = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "may"))
+    path = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "may", format=fmt))
     again = cli("run", str(path), "--local", "--workers", "2", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already committed; nothing to do" in again.stderr
@@ -95,14 +104,15 @@ def test_killed_between_publish_and_manifest(
     assert_identical(store, ref)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_ctrl_c_stops_cleanly_and_resumes(
-    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str]
+    tmp_path: Path, stac: str, reference: Callable[[str], Path], env: dict[str, str], fmt: str
 ) -> None:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it): exit 130 with one
     line saying how to resume, no traceback from any worker; the same command resumes."""
     ref = reference("may")
-    store = tmp_path / "cube.zarr"
-    spec = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "may"))
+    store = store_for(tmp_path, fmt)
+    spec = write_spec(tmp_path / "spec.yaml", spec_doc(stac, store, "may", format=fmt))
     args = ("run", str(spec), "--local", "--workers", "1")
     first = cli_popen(*args, env=env)
     try:

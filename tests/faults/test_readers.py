@@ -6,6 +6,11 @@ cube over and over (xarray's defaults: consolidated metadata) and checks each sn
 the fault-free cube: the time axis only ever has a committed length (0 or absent, 1, 3, never 2),
 every visible time step equals the reference everywhere (all tiles, all variables), and a
 complete manifest read just before never lists more time steps than the snapshot has.
+
+On both formats. With Icechunk the reader opens a readonly session on ``main`` each time (what
+``cubeless.open`` does) and records the snapshot it was given: every one of them must be a
+committed snapshot of main's history (never a run's staging commit, whose grown time axis waits
+on the run's branch until the commit amends it).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import xarray as xr
-from tests.faults.conftest import POLICY, make_spec
+from tests.faults.conftest import FORMATS, POLICY, make_spec, store_for
 from faultkit import read_json
 
+from cubeless import icechunk_store as IC
+from cubeless.errors import CubelessError
 from cubeless.runner import run_local
 
 pytestmark = [
@@ -33,9 +40,10 @@ pytestmark = [
 
 
 class Reader(threading.Thread):
-    def __init__(self, store: Path, ref: xr.Dataset) -> None:
+    def __init__(self, store: Path, ref: xr.Dataset, fmt: str = "zarr") -> None:
         super().__init__(daemon=True)
-        self.store, self.ref = store, ref
+        self.store, self.ref, self.fmt = store, ref, fmt
+        self.snapshots: set[str] = set()  # Icechunk: the snapshot ids the reader was given
         self.stop = threading.Event()
         self.lengths: list[int] = []
         self.started: list[float] = []  # when each snapshot of self.lengths began
@@ -45,6 +53,8 @@ class Reader(threading.Thread):
         self._last_data_check = (-2, 0.0)  # (length, when)
 
     def _invisible_chunks(self, n: int) -> bool:
+        if self.fmt == "icechunk":  # a run's branch: staged work main does not show
+            return any(b.startswith(IC.RUN_BRANCH_PREFIX) for b in IC.open_repo(str(self.store)).list_branches())
         return any((self.store / v / "c" / str(t)).exists() for v in ("red", "count") for t in range(n, 3))
 
     def snapshot(self) -> None:
@@ -57,16 +67,44 @@ class Reader(threading.Thread):
     def _snapshot(self) -> None:
         manifest_path = self.store / "_cubeless" / "manifest.json"
         manifest = read_json(manifest_path) if manifest_path.exists() else None
+        if self.fmt == "icechunk":
+            ds = self._open_icechunk()
+            if ds is None:
+                self.lengths.append(-1)
+                return
+        else:
+            ds = self._open_zarr()
+            if ds is None:
+                return
+        self._check(ds, manifest)
+
+    def _open_icechunk(self) -> xr.Dataset | None:
+        from zarr.errors import GroupNotFoundError
+
         try:
-            ds = xr.open_zarr(self.store, chunks=None, mask_and_scale=False)
+            session = IC.read_session(str(self.store))
+        except CubelessError:  # no repository yet
+            return None
+        try:
+            ds = xr.open_zarr(session.store, chunks=None, mask_and_scale=False, consolidated=False)
+        except (GroupNotFoundError, FileNotFoundError):  # the repository's initial snapshot: no cube yet
+            return None
+        self.snapshots.add(str(session.snapshot_id))
+        return ds
+
+    def _open_zarr(self) -> xr.Dataset | None:
+        try:
+            return xr.open_zarr(self.store, chunks=None, mask_and_scale=False)
         except FileNotFoundError:
             self.lengths.append(-1)
-            return
+            return None
         except Exception as exc:  # noqa: BLE001 - a cube without consolidated metadata yet: no cube
             if not self.store.exists() or "zarr.json" not in {p.name for p in self.store.iterdir()}:
                 self.lengths.append(-1)
-                return
+                return None
             raise AssertionError(f"opening the cube failed: {exc!r}") from exc
+
+    def _check(self, ds: xr.Dataset, manifest: Any) -> None:
         n = ds.sizes.get("time", 0)
         self.lengths.append(n)
         if n not in (0, 1, 3):
@@ -98,10 +136,11 @@ class Reader(threading.Thread):
             time.sleep(0.005)
 
 
-def test_readers_never_see_half_a_run(tmp_path: Path, stac: str, reference: Callable[[str], Path]) -> None:
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_readers_never_see_half_a_run(tmp_path: Path, stac: str, reference: Callable[[str], Path], fmt: str) -> None:
     ref = xr.open_zarr(reference("full"), chunks=None, mask_and_scale=False).load()
-    store = tmp_path / "cube.zarr"
-    reader = Reader(store, ref)
+    store = store_for(tmp_path, fmt)
+    reader = Reader(store, ref, fmt)
     reader.start()
     phases: list[tuple[str, Any]] = []
     try:
@@ -109,7 +148,7 @@ def test_readers_never_see_half_a_run(tmp_path: Path, stac: str, reference: Call
             # A phase holds the snapshots that began during its run: a snapshot begun before
             # the previous run committed may end after it (a slow open on a loaded machine).
             t0 = time.monotonic()
-            out = run_local(make_spec(stac, store, variant), policy=POLICY)
+            out = run_local(make_spec(stac, store, variant, format=fmt), policy=POLICY)
             assert out.complete, out.manifest
             t1 = time.monotonic()
             phases.append((variant, [n for n, t in zip(list(reader.lengths), list(reader.started))
@@ -127,3 +166,9 @@ def test_readers_never_see_half_a_run(tmp_path: Path, stac: str, reference: Call
     assert reader.lengths == sorted(reader.lengths), "the time axis shrank"
     assert reader.unseen_chunks > 0, "no snapshot was taken while uncommitted chunks were on disk"
     assert reader.lengths[-1] == 3
+    if fmt == "icechunk":
+        main = {s.id for s in IC.history(str(store))}
+        staged = {read_json(p)["staged"] for p in store.glob("_cubeless/runs/*/icechunk.json")}
+        assert len(staged) == 2 and not staged & main
+        assert reader.snapshots and reader.snapshots <= main, f"not on main: {reader.snapshots - main}"
+        assert len(reader.snapshots) >= 2  # of the empty cube, May, May-July: the reader saw main move

@@ -4,6 +4,12 @@ byte-identical to a fault-free run of the same spec.
 Each fault is real: a worker process SIGKILLed while it is writing its chunks, an HTTP server
 that stalls, a STAC API that answers 429/503 with Retry-After, a COG that 404s twice, a chunk
 write that fails in the filesystem.
+
+Formats: 1a (a worker killed while writing) runs on both formats. 1b-1d are zarr only: their
+faults strike before a task writes anything (the catalog search, the COG reads), in code both
+formats share. 1e is zarr only: it plants an obstacle where a chunk object will go, and Icechunk
+names chunk objects afresh on every write (a failed write and its retry in the Icechunk format
+are what 1a exercises, with a harsher fault).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from tests.faults.conftest import POLICY, make_spec
+from tests.faults.conftest import FORMATS, POLICY, make_spec, store_for
 from faultkit import (
     Fault,
     FaultPolicy,
@@ -33,10 +39,12 @@ from faultkit import (
     wait_for,
 )
 
+from cubeless import icechunk_store as IC
 from cubeless.demo.stac_server import serve_stac
 from cubeless.demo.synthetic import SceneSet
 from cubeless.hrefs import HrefPolicy
 from cubeless.runner import Progress, RunOutcome, RunPolicy, run_local
+from cubeless.state import RunState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-a")]
 
@@ -80,25 +88,34 @@ def _outcome(t: threading.Thread, box: dict[str, Any], timeout: float = 300) -> 
     return box["outcome"]
 
 
+def _run_id(store: Path) -> str:
+    """The id of the one run planned in ``store``."""
+    (run,) = Path(store, "_cubeless", "runs").iterdir()
+    return run.name
+
+
 def _attempts(store: Path, task_id: str) -> int:
     return int(read_json(markers(store, "done")[task_id])["attempts"])
 
 
 # -- 1a ---------------------------------------------------------------------------------------------
-def test_worker_killed_mid_write(tmp_path: Path, stac: str, reference: Callable[[str], Path]) -> None:
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_worker_killed_mid_write(tmp_path: Path, stac: str, reference: Callable[[str], Path], fmt: str) -> None:
     """SIGKILL a worker after it wrote part of its task's chunks: the task is retried in a fresh
-    process and the cube equals the fault-free one."""
+    process and the cube equals the fault-free one. (Icechunk: the killed attempt's chunk objects
+    are in the repository but its change set was never stored, so no commit references them.)"""
     ref = reference("may")
-    store = tmp_path / "cube.zarr"
-    spec = make_spec(stac, store, "may")
+    store = store_for(tmp_path, fmt)
+    spec = make_spec(stac, store, "may", format=fmt)
     fault_dir = tmp_path / "fault"
     fault_dir.mkdir()
     base = HrefPolicy.local(spec)
     # The `count` chunk of TASK blocks right before it is written; the band chunks of the same
     # task are written concurrently, so the store holds part of the task when we kill.
+    block = ({"block_chunk": os.path.join(os.path.abspath(store), "count/c/0/0/0")} if fmt == "zarr"
+             else {"block_key": "count/c/0/0/0"})
     policy = FaultPolicy(
-        schemes=base.schemes, hosts=base.hosts, buckets=base.buckets, allow_local=True,
-        fault_dir=str(fault_dir), block_chunk=os.path.join(os.path.abspath(store), "count/c/0/0/0"),
+        schemes=base.schemes, hosts=base.hosts, buckets=base.buckets, allow_local=True, fault_dir=str(fault_dir), **block,
     )
     rec = Recorder()
     t, box = _in_thread(lambda: run_local(spec, policy=POLICY, hrefs=policy, progress=rec))
@@ -106,9 +123,15 @@ def test_worker_killed_mid_write(tmp_path: Path, stac: str, reference: Callable[
     pid = int(wait_for(lambda: (fault_dir / "blocked.pid").exists() and (fault_dir / "blocked.pid").read_text(),
                        120, "a worker to block in the chunk write"))
     assert parent_of(pid) == os.getpid(), "the blocked process is not one of the runner's workers"
-    written = [store / b / "c/0/0/0" for b in spec.bands]
-    wait_for(lambda: all(p.is_file() for p in written), 30, "the band chunks of the task")
-    assert not (store / "count/c/0/0/0").exists()
+    if fmt == "zarr":
+        written = [store / b / "c/0/0/0" for b in spec.bands]
+        wait_for(lambda: all(p.is_file() for p in written), 30, "the band chunks of the task")
+        assert not (store / "count/c/0/0/0").exists()
+    else:
+        log = fault_dir / "written.log"
+        keys = {f"{pid} {b}/c/0/0/0" for b in spec.bands}
+        wait_for(lambda: log.exists() and keys <= set(log.read_text().splitlines()), 30, "the band chunks of the task")
+        assert not Path(IC.fork_uri(RunState(str(store), _run_id(store)), TASK)).exists()
     assert TASK not in markers(store, "done")
     os.kill(pid, signal.SIGKILL)
 

@@ -73,6 +73,13 @@ def test_worker_is_a_container_image_with_a_90s_timeout(synth: Synth) -> None:
     assert worker["Properties"]["Architectures"] == ["x86_64"]
 
 
+def test_commit_is_sized_for_a_100000_fork_icechunk_run(synth: Synth) -> None:
+    """infra/settings.py's commit_memory_mb and the commit's timeout come from bench 9c/9d; a change
+    to either should come with a new measurement."""
+    props = fn(synth, "Commit")["Properties"]
+    assert props["MemorySize"] == 1024 and props["Timeout"] == 600
+
+
 def test_worker_image_is_staged_from_the_repo_root_not_built(synth: Synth) -> None:
     assets = json.loads((synth.outdir / f"{STACK}.assets.json").read_text())
     (image,) = assets["dockerImages"].values()
