@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import peak_rss_mb
+
 
 def _spec(store: str, fmt: str, *, bbox: list[float], chunk: int, bands: list[str]) -> Any:
     from cubeless.spec import parse_spec
@@ -123,18 +125,6 @@ def make_forks(root: str, n: int) -> dict[str, Any]:
         IC.save_fork(state, t.task_id, fork)
     sizes = [os.path.getsize(IC.fork_uri(state, t.task_id)) for t in ts[:200]]
     return {"store": store, "setup_s": time.perf_counter() - t0, "fork_bytes_median": float(statistics.median(sizes))}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS (``VmHWM``). Not ``getrusage`` maxrss: Linux carries the parent's peak
-    into a child across fork + exec, so a child of a big parent reports the parent's figure."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover - not Linux
 
 
 def commit_child(store: str) -> dict[str, Any]:

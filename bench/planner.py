@@ -167,13 +167,13 @@ def _child(mode: str, url: str, store: str, *args: str) -> dict[str, Any]:
     * ``plan [resolution max_tasks]``: plan + task list written (and the cube and run record, so
       that ``resume`` finds the run);
     * ``mark``: setup, not measured: done markers for every other task of the planned run;
-    * ``resume``: the planner's resume path: :func:`cubeless.runner.prepare_run` finds the run,
+    * ``resume``: the planner's resume path: :func:`cubeless.prepare.prepare_run` finds the run,
       then every pending task is encoded into SQS batches (``TaskQueue._batches``, no network);
     * ``search fields|full start end``: one search.
     """
     import os
-    import resource
 
+    from bench import peak_rss_mb
     from cubeless.search import SearchOptions, SearchStats, search_items
 
     stats = SearchStats()
@@ -197,7 +197,7 @@ def _child(mode: str, url: str, store: str, *args: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     if mode == "resume":
         from cubeless.aws import TaskQueue
-        from cubeless.runner import prepare_run
+        from cubeless.prepare import prepare_run
 
         spec = _spec(url, store)
         prepared = prepare_run(spec)
@@ -234,7 +234,7 @@ def _child(mode: str, url: str, store: str, *args: str) -> dict[str, Any]:
         spec = _spec(url, store, **({"start": args[1], "end": args[2]} if args else {}))
         items = search_items(spec, options=SearchOptions(use_fields=fields), stats=stats)
         out["items"] = len(items)
-    out.update(seconds=time.perf_counter() - t0, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    out.update(seconds=time.perf_counter() - t0, peak_mb=peak_rss_mb(),
                pages=stats.pages, items_received=stats.items, items_per_s=stats.items_per_s,
                bytes_per_item=stats.bytes_per_item, halvings=stats.halvings, partitions=stats.partitions,
                fields=stats.fields, search_s=stats.seconds)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench import peak_rss_mb
 
 import numpy as np
 
@@ -126,10 +127,6 @@ def _policy(spec: Any) -> Any:
         u = urlsplit(base)
         return HrefPolicy.from_hosts([u.netloc], schemes=[u.scheme])
     return HrefPolicy.local(spec)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_cubeless(

@@ -212,7 +212,8 @@ def _run_with_progress(s, *, workers, timeout, retries, max_tasks):  # noqa: ANN
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .runner import Prepared, Progress, RunPolicy, run_local
+    from .prepare import Prepared
+    from .runner import Progress, RunPolicy, run_local
     from .search import SearchStats
 
     policy = RunPolicy(workers=workers or max(1, os.cpu_count() or 1), timeout=timeout, retries=retries)

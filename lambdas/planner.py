@@ -22,7 +22,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from cubeless.aws import RunRequest, parse_request, planner_input
-from cubeless.runner import prepare_run
+from cubeless.prepare import prepare_run
 from cubeless.state import CubeLock, RunState
 from lambdas.env import deployment, queue
 from lambdas.observability import logger, metrics, tracer

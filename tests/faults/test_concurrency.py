@@ -191,7 +191,7 @@ def test_planning_under_the_lock_warns_nothing(tmp_path: Path, stac: str) -> Non
     make zarr warn about it (users would see the warning on every first run)."""
     import warnings
 
-    from cubeless.runner import prepare_run
+    from cubeless.prepare import prepare_run
 
     spec = make_spec(stac, tmp_path / "cube.zarr", "may")
     with warnings.catch_warnings():

@@ -18,7 +18,7 @@ from cubeless import icechunk_store as IC
 
 from cubeless.commit import commit_run
 from cubeless.hrefs import HrefPolicy
-from cubeless.runner import prepare_run
+from cubeless.prepare import prepare_run
 from cubeless.state import RunState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-a")]

@@ -13,7 +13,7 @@ from aws_helpers import BUCKET, FakeContext, Queues, Run, StateMachine, spec_doc
 from cubeless import fs
 from cubeless.aws import ConfigError, TaskQueue
 from cubeless.errors import PlanError, SpecError
-from cubeless.runner import Prepared
+from cubeless.prepare import Prepared
 from cubeless.spec import parse_spec
 from cubeless.state import LOCK_KEY, CubeLocked
 from lambdas import planner
