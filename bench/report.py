@@ -94,7 +94,7 @@ def markdown(m: dict[str, str], rows: list[Row], notes: list[str], load_end: str
         "Written by `make bench` (`python -m bench`); numbers from the run below, not hand-edited.",
         "Both sides of every comparison run in the same invocation, alternating, and each figure is",
         "the median of the repetitions, so ratios hold on a shared, noisy machine. Timed calls run in",
-        "fresh processes where memory is measured (peak RSS: `getrusage` maxrss of that process).",
+        "fresh processes where memory is measured (peak RSS: that process's `VmHWM`).",
         "",
         "## Machine",
         "",
