@@ -545,7 +545,18 @@ def median_uint16(stack: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(med), 0, np.round(med)).astype(np.uint16)
 
 
-def expected_composite(
+@dataclass(frozen=True)
+class Observations:
+    """The valid observations of a time bin at points, one per solar-day group of scenes."""
+
+    values: Mapping[str, np.ndarray]  #: band -> (groups, *shape) uint16 fused DN, 0 where nodata
+    valid: np.ndarray  #: (groups, *shape) bool: SCL not excluded and every band has data
+    data: np.ndarray  #: (groups, *shape) bool: every band has data (valid, or masked by its SCL class)
+    edge_m: np.ndarray  #: min distance (m) to any edge over the bin's scenes
+    scenes: tuple[str, ...]  #: ids of the scenes used
+
+
+def observations(
     config: SynthConfig,
     scenes: Sequence[Scene],
     x: Any,
@@ -558,13 +569,9 @@ def expected_composite(
     scl_exclude: Iterable[int] = DEFAULT_SCL_EXCLUDE,
     max_cloud_cover: float | None = None,
     group_by_day: bool = True,
-) -> ExpectedComposite:
-    """Expected median and valid count of the scenes with ``start <= date < end`` at points.
-
-    An observation is valid when its SCL class is not in ``scl_exclude`` and its value is not 0.
-    With ``group_by_day`` (what cubeless does) scenes of one UTC day are fused first (first
-    non-nodata wins; the synthetic scenes agree on the ground, so order does not matter).
-    """
+) -> Observations:
+    """The observations of the scenes with ``start <= date < end`` at points (see
+    :func:`expected_composite`, which takes their median)."""
     chosen = [
         s
         for s in scenes
@@ -582,6 +589,7 @@ def expected_composite(
     edge = np.full(shape, np.inf)
     obs_vals: dict[str, list[np.ndarray]] = {b: [] for b in bands}
     obs_valid: list[np.ndarray] = []
+    obs_data: list[np.ndarray] = []
     for _, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         fused = {b: np.zeros(shape, dtype=np.uint16) for b in bands}
         scl = np.zeros(shape, dtype=np.uint8)
@@ -594,18 +602,41 @@ def expected_composite(
         good = ~np.isin(scl, exclude)
         for b in bands:
             obs_vals[b].append(fused[b])
-        obs_valid.append(good & np.all([fused[b] != 0 for b in bands], axis=0))
+        has = np.all([fused[b] != 0 for b in bands], axis=0)
+        obs_valid.append(good & has)
+        obs_data.append(has)
     n = len(obs_valid)
-    valid = np.array(obs_valid, dtype=bool).reshape((n, *shape))
-    values = {}
-    for b in bands:
-        stack = np.array(obs_vals[b], dtype=np.uint16).reshape((n, *shape))
-        values[b] = median_uint16(stack, valid & (stack != 0))
-    return ExpectedComposite(
-        values=values,
-        count=valid.sum(axis=0).astype(np.uint16),
+    return Observations(
+        values={b: np.array(obs_vals[b], dtype=np.uint16).reshape((n, *shape)) for b in bands},
+        valid=np.array(obs_valid, dtype=bool).reshape((n, *shape)),
+        data=np.array(obs_data, dtype=bool).reshape((n, *shape)),
         edge_m=edge,
         scenes=tuple(s.id for s in chosen),
+    )
+
+
+def expected_composite(
+    config: SynthConfig,
+    scenes: Sequence[Scene],
+    x: Any,
+    y: Any,
+    crs: str = "EPSG:4326",
+    **kwargs: Any,
+) -> ExpectedComposite:
+    """Expected median and valid count of the scenes with ``start <= date < end`` at points
+    (keywords: those of :func:`observations`).
+
+    An observation is valid when its SCL class is not in ``scl_exclude`` and its value is not 0.
+    With ``group_by_day`` (what cubeless does) scenes of one UTC day are fused first (first
+    non-nodata wins; the synthetic scenes agree on the ground, so order does not matter).
+    """
+    obs = observations(config, scenes, x, y, crs, **kwargs)
+    values = {b: median_uint16(stack, obs.valid & (stack != 0)) for b, stack in obs.values.items()}
+    return ExpectedComposite(
+        values=values,
+        count=obs.valid.sum(axis=0).astype(np.uint16),
+        edge_m=obs.edge_m,
+        scenes=obs.scenes,
     )
 
 

@@ -6,6 +6,8 @@ calendar itself (:func:`calendar_bin`), not from :mod:`cubeless.timebins`. Usage
 
     result = compare_cube(store, scene_set, spec)
     assert result.ok, result.summary()
+    edges = compare_edges(store, scene_set, spec)   # the pixels compare_cube leaves out
+    assert edges.ok, edges.summary()
 """
 
 from __future__ import annotations
@@ -160,3 +162,126 @@ def compare_cube(
             max_abs_diff=maxd, valid_pixels=int(((exp.count > 0) & cmp).sum()), examples=tuple(examples[:6]),
         ))
     return CubeComparison(bins=tuple(out), problems=tuple(problems))
+
+
+@dataclass(frozen=True)
+class EdgeComparison:
+    """The pixels near an edge (a swath's nodata strip, a footprint, a block) against bounds.
+
+    Near an edge the exact value depends on which source pixels a reader samples, so each pixel is
+    checked against what any reading within ``margin`` of it could give: its count lies between
+    the observations valid at every sample point and those valid at any, and each band lies within
+    the range of the valid observations' values there (a median never leaves its inputs' range).
+    Nodata read as data (a 0 in the median, a nodata edge blended into a value) breaks the range.
+    Pixels with a masked observation (cloud, shadow: an excluded SCL class) within ``margin`` are
+    not checked: interpolating a band (bilinear, cubic) blends a cloud's bright DNs into the valid
+    pixels beside it, as in any odc-stac load with the mask read nearest (``mask.dilate`` trims it).
+    """
+
+    checked: int  #: pixels checked (edge pixels of every bin, away from masked observations)
+    beside_masked: int  #: edge pixels not checked: a masked observation lies within the margin
+    at_nodata_edge: int  #: checked pixels where an observation has data at some sample points and none at others
+    violations: Mapping[str, int]  #: variable -> checked pixels outside their bounds
+    examples: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.checked > 0 and not any(self.violations.values())
+
+    def summary(self) -> str:
+        return (f"edge pixels checked={self.checked} ({self.at_nodata_edge} at a nodata edge; not checked beside a "
+                f"masked observation: {self.beside_masked}) "
+                f"violations={dict(self.violations)}"
+                + (f" e.g. {'; '.join(self.examples)}" if self.examples else ""))
+
+
+def _offsets(spec: CubeSpec, margin_m: float, y: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(dx, dy) in the cube's CRS of ``n`` x ``n`` sample points spanning +-``margin_m`` around each pixel."""
+    from .synthetic import M_PER_DEG_LAT, M_PER_DEG_LON
+
+    if spec.is_geographic:
+        dy = np.full_like(y, margin_m / M_PER_DEG_LAT)
+        dx = margin_m / (M_PER_DEG_LON * np.cos(np.radians(np.clip(np.abs(y), 0, 89.0))))
+    else:
+        dx = dy = np.full_like(y, margin_m)
+    steps = np.linspace(-1.0, 1.0, n)
+    return [(i * dx, j * dy) for i in steps for j in steps]
+
+
+def compare_edges(
+    store: str,
+    scene_set: SceneSet,
+    spec: CubeSpec | Mapping[str, Any],
+    *,
+    margin_m: float | None = None,
+    group_by_day: bool = True,
+) -> EdgeComparison:
+    """Check every pixel of every committed bin that :func:`compare_cube` skips (closer than
+    ``margin_m`` to an edge) against the bounds described in :class:`EdgeComparison`."""
+    from ..store import open_cube
+    from .synthetic import observations
+
+    spec = spec if isinstance(spec, CubeSpec) else parse_spec(dict(spec))
+    margin = default_margin_m(spec, scene_set) if margin_m is None else margin_m
+    ds = open_cube(store, raw=True)
+    _, ydim, xdim = spec.dims
+    xx, yy = np.meshgrid(ds[xdim].values, ds[ydim].values)
+    names = [*spec.bands, "count"]
+    bad = {n: 0 for n in names}
+    checked = beside = edge_of_nodata = 0
+    examples: list[str] = []
+    kw = dict(bands=spec.bands, scl_exclude=spec.mask.scl_exclude, max_cloud_cover=spec.max_cloud_cover,
+              group_by_day=group_by_day)
+    for t, tv in enumerate(ds["time"].values):
+        got_bin = calendar_bin(_as_date(tv), spec.interval)
+        if isinstance(got_bin, str):
+            continue
+        start, end = got_bin
+        centre = observations(scene_set.config, scene_set.scenes, xx, yy, spec.crs, start=start, end=end, **kw)
+        near = centre.edge_m < margin
+        if not near.any():
+            continue
+        # A coarse look (3 x 3 points) drops the pixels beside a masked observation, then a fine one
+        # (9 x 9: every part of the square that can hold another value) bounds the rest.
+        x, y = xx[near], yy[near]
+        coarse = np.zeros(x.shape, dtype=bool)
+        for dx, dy in _offsets(spec, margin, y, 3):
+            o = observations(scene_set.config, scene_set.scenes, x + dx, y + dy, spec.crs, start=start, end=end, **kw)
+            coarse |= (o.data & ~o.valid).any(axis=0)
+        near.flat[np.flatnonzero(near)[coarse]] = False
+        beside += int(coarse.sum())
+        x, y = xx[near], yy[near]
+        valid_all = valid_any = data_all = data_any = None
+        masked = np.zeros(x.shape, dtype=bool)
+        lo = {b: np.full(x.shape, np.iinfo(np.uint16).max, dtype=np.int64) for b in spec.bands}
+        hi = {b: np.full(x.shape, -1, dtype=np.int64) for b in spec.bands}
+        for dx, dy in _offsets(spec, margin, y, 9):
+            o = observations(scene_set.config, scene_set.scenes, x + dx, y + dy, spec.crs, start=start, end=end, **kw)
+            masked |= (o.data & ~o.valid).any(axis=0)
+            data_all = o.data if data_all is None else data_all & o.data
+            data_any = o.data if data_any is None else data_any | o.data
+            valid_all = o.valid if valid_all is None else valid_all & o.valid
+            valid_any = o.valid if valid_any is None else valid_any | o.valid
+            for b in spec.bands:
+                v = o.values[b].astype(np.int64)
+                lo[b] = np.minimum(lo[b], np.where(o.valid, v, np.iinfo(np.uint16).max).min(axis=0, initial=np.iinfo(np.uint16).max))
+                hi[b] = np.maximum(hi[b], np.where(o.valid, v, -1).max(axis=0, initial=-1))
+        assert valid_all is not None and valid_any is not None
+        cmin, cmax = valid_all.sum(axis=0), valid_any.sum(axis=0)
+        got = {n: np.asarray(ds[n].isel(time=t).transpose(ydim, xdim).values)[near].astype(np.int64) for n in names}
+        assert data_all is not None and data_any is not None
+        edge_of_nodata += int(((data_any & ~data_all).any(axis=0) & ~masked).sum())
+        checked += int((~masked).sum())
+        beside += int(masked.sum())
+        wrong = {"count": ((got["count"] < cmin) | (got["count"] > cmax)) & ~masked}
+        for b in spec.bands:
+            has = got["count"] > 0
+            wrong[b] = np.where(has, (got[b] < lo[b]) | (got[b] > hi[b]), got[b] != 0) & ~masked
+        for n, w in wrong.items():
+            bad[n] += int(w.sum())
+            for i in np.nonzero(w)[0][:2]:
+                examples.append(f"{start} {n}[{ydim}={y[i]:.6f},{xdim}={x[i]:.6f}] got {got[n][i]} "
+                                f"(count {got['count'][i]} in [{cmin[i]}, {cmax[i]}]"
+                                + (f", {n} in [{lo[n][i]}, {hi[n][i]}]" if n in lo else "") + ")")
+    return EdgeComparison(checked=checked, beside_masked=beside, at_nodata_edge=edge_of_nodata, violations=bad,
+                          examples=tuple(examples[:6]))
