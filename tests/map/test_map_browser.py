@@ -105,6 +105,25 @@ def test_map_shows_the_cube_and_the_time_slider_changes_it(page) -> None:  # noq
     assert (np.abs(may - july).sum(axis=-1) > 30).mean() > 0.05  # another month, other tiles
 
 
+def test_dragging_the_slider_with_the_mouse_and_stepping_it_with_the_keys(page) -> None:  # noqa: ANN001
+    _open(page, "time=0&preset=truecolor")
+    may = _idle_shot(page)
+    box = page.locator("#time").bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 3, y)  # the thumb, at the first month
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 3, y, steps=12)  # dragged to the last month
+    page.mouse.up()
+    assert page.locator("#time").input_value() == "2"
+    assert page.locator("#timelabel").inner_text().startswith("2024-07")
+    july = _idle_shot(page)
+    assert (np.abs(may - july).sum(axis=-1) > 30).mean() > 0.05  # the tiles followed the drag
+    page.keyboard.press("ArrowLeft")  # the slider has the focus: one step back
+    assert page.locator("#time").input_value() == "1"
+    assert page.locator("#timelabel").inner_text().startswith("2024-06")
+
+
 def test_clicking_the_map_shows_the_pixels_time_series(page) -> None:  # noqa: ANN001
     _open(page, "time=0&preset=truecolor")
     may = _idle_shot(page)
