@@ -441,6 +441,17 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _utc_time(value: Any) -> Any:
+    """An ISO time of a lock record as an aware datetime (naive = UTC), None when it is not one."""
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
 def _pid_alive(pid: int, start: str | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -700,26 +711,17 @@ class CubeLock:
         import socket
         from datetime import datetime, timezone
 
+        now = datetime.now(timezone.utc)
         if holder.get("execution"):  # an execution's lock: no heartbeat, no process to look at
-            try:
-                expires = datetime.fromisoformat(str(holder.get("expires")))
-            except ValueError:
-                return True
-            if expires.tzinfo is None:
-                expires = expires.replace(tzinfo=timezone.utc)
-            if datetime.now(timezone.utc) >= expires:
+            expires = _utc_time(holder.get("expires"))
+            if expires is None or now >= expires:
                 return True
             return self.is_alive is not None and not self.is_alive(holder)
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
             if not _pid_alive(holder["pid"], holder.get("pid_start")):
                 return True
-        try:
-            beat = datetime.fromisoformat(str(holder.get("heartbeat")))
-        except ValueError:
-            return True
-        if beat.tzinfo is None:
-            beat = beat.replace(tzinfo=timezone.utc)
-        return (datetime.now(timezone.utc) - beat).total_seconds() > self.stale_after
+        beat = _utc_time(holder.get("heartbeat"))
+        return beat is None or (now - beat).total_seconds() > self.stale_after
 
     def _start_heartbeat(self) -> None:
         import threading
