@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -53,6 +54,14 @@ def _is_cube(url: str) -> bool:
     return isinstance(body.get("attributes", {}).get("cubeless"), dict)
 
 
+def _children(url: str) -> list[str]:
+    """Names under a folder or prefix: on S3 a listing (objects and common prefixes); on disk the
+    sub-folders (``fs.list_names`` lists a folder's files only, and a cube is a folder)."""
+    if fs.is_remote(url):
+        return fs.list_names(url)
+    return [e.name for e in os.scandir(fs.local_path(url)) if e.is_dir()]
+
+
 def find_cubes(root: str) -> dict[str, str]:
     """{id: store} of the cubes at or under ``root`` (the root itself, or ``*.zarr`` children)."""
     root = fs.normalize(root)
@@ -64,7 +73,7 @@ def find_cubes(root: str) -> dict[str, str]:
         nxt = []
         for d in frontier:
             try:
-                names = fs.list_names(d)
+                names = _children(d)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for name in sorted(names):
