@@ -172,3 +172,59 @@ def test_without_the_bucket_variable_the_function_says_so(aws: str, monkeypatch:
     tiles.catalog.cache_clear()
     with pytest.raises(ConfigError, match="CUBELESS_BUCKET is not set"):
         invoke(event("/api/cubes"))
+
+
+def test_the_map_through_cubeless_view_and_a_function_url(cube: str) -> None:
+    """Browser -> `cubeless view`'s signing proxy -> a stand-in Function URL that hands each request
+    to the handler as an event: the page, TileJSON (whose tile URLs come back to the proxy), a tile
+    and a point (its comma percent-encoded by the proxy) all arrive."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    from botocore.credentials import Credentials
+
+    from cubeless.aws import SignedProxy
+    from cubeless.serve import make_http_server
+
+    class FunctionUrl(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            url = urlsplit(self.path)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKID/")
+            status, out, body = invoke(event(url.path, url.query, headers=headers))
+            self.send_response(status)
+            for k, v in out.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), FunctionUrl)
+    proxy = SignedProxy(f"http://127.0.0.1:{upstream.server_address[1]}/", region="us-east-1", credentials=Credentials("AKID", "secret"))
+    front = make_http_server(proxy.answer, port=0)
+    for s in (upstream, front):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{front.server_address[1]}"
+    try:
+        proxy.check()
+        with urllib.request.urlopen(f"{origin}/", timeout=30) as r:
+            assert r.status == 200 and b"/static/vendor/maplibre-gl.js" in r.read()
+        with urllib.request.urlopen(f"{origin}/static/vendor/maplibre-gl.js", timeout=30) as r:
+            assert r.read() == invoke(event("/static/vendor/maplibre-gl.js"))[2]  # gzip on the way, plain here
+        with urllib.request.urlopen(f"{origin}/cubes/{CUBE}/tilejson.json?preset=truecolor", timeout=30) as r:
+            tile_url = json.loads(r.read())["tiles"][0]
+        assert tile_url.startswith(f"{origin}/cubes/{CUBE}/tiles/")
+        t = _centre_tile()
+        with urllib.request.urlopen(tile_url.format(z=t.z, x=t.x, y=t.y), timeout=30) as r:
+            assert r.headers["Content-Type"] == "image/png" and r.read()[:4] == b"\x89PNG"
+        with urllib.request.urlopen(f"{origin}/cubes/{CUBE}/point/10.02,45.01", timeout=30) as r:
+            assert json.loads(r.read())["values"]["count"] == [2]
+    finally:
+        for s in (front, upstream):
+            s.shutdown()
+            s.server_close()
