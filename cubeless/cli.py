@@ -556,10 +556,11 @@ def view(
     stack: StackOpt = "cubeless",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Loopback port (0: any free one).")] = 8000,
 ) -> None:
-    """Open the map of the cubes in a deployed stack's bucket on 127.0.0.1.
+    """Serve the map of the cubes in a deployed stack's bucket on 127.0.0.1.
 
     A local proxy forwards every request to the stack's tile function (its Function URL, AuthType
-    AWS_IAM), signed with your AWS credentials; they need lambda:InvokeFunctionUrl on it.
+    AWS_IAM), signed with your AWS credentials; they need lambda:InvokeFunctionUrl and
+    lambda:InvokeFunction on it.
     """
     from .aws import SignedProxy
     from .serve import make_http_server, run_server

@@ -151,11 +151,11 @@ class Settings(BaseSettings):
         }
     )
     #: The tile function's Function URL without authentication (AuthType NONE) instead of AWS_IAM.
-    #: Trade-off: anyone who has the URL reads every cube in the bucket (tiles, points, the catalog
-    #: with each cube's manifest and spec), and every request is a Lambda invocation and S3 reads
-    #: billed to this account, so a crawler or a leaked link costs money; cap it with
+    #: Trade-off: anyone who has the URL reads every cube in the bucket (tiles, points, the catalog:
+    #: every cube's store, extent, bins and last run), and every request is a Lambda invocation and
+    #: S3 reads billed to this account, so a crawler or a leaked link costs money; cap it with
     #: ``tiles_max_concurrency``. Private (the default), ``cubeless view`` signs each request with
-    #: the viewer's credentials and needs only ``lambda:InvokeFunctionUrl`` on the function.
+    #: the viewer's credentials, which need ``lambda:InvokeFunctionUrl`` (and ``InvokeFunction``).
     tiles_public: bool = False
     #: Tile function memory (MB): one tile reads a few chunks per band and renders a 256 px PNG.
     tiles_memory_mb: int = Field(1024, ge=256, le=10_240)
