@@ -1,4 +1,5 @@
-"""AWS glue: the task queue (SQS), the pipeline's state machine (Step Functions), stack outputs.
+"""AWS glue: the task queue (SQS), the pipeline's state machine (Step Functions), stack outputs,
+the signing proxy of the tile function.
 
 The only cubeless module that imports boto3. The Lambda handlers in ``lambdas/`` and the CLI use
 it; the compute path (plan, compose, store, commit) never does.
@@ -12,6 +13,8 @@ it; the compute path (plan, compose, store, commit) never does.
 * :class:`Deployment`: what the stack tells its functions through ``CUBELESS_*`` variables, and
   the cube lock an execution holds (:meth:`Deployment.cube_lock`: stale once
   :func:`execution_running` says its execution ended).
+* :class:`SignedProxy`: what ``cubeless view`` serves on loopback: every request forwarded to the
+  stack's tile function URL (``TilesUrl``), signed with SigV4 and the caller's credentials.
 * :class:`RunRequest`: the execution input: a bare spec, or ``{"spec": ..., "lanes": ..., "as_of": ...}``;
   :func:`planner_input` unwraps what the state machine hands the planner (that input and the
   execution's ARN).
@@ -37,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -640,3 +643,98 @@ class Pipeline:
         arn = self.execution_arn(name_or_arn)
         self.sfn.redrive_execution(executionArn=arn)
         return self.status(arn)
+
+
+# -- viewing: the tile function behind its Function URL -------------------------------------------
+
+#: The stack output holding the tile function's URL.
+TILES_URL_OUTPUT = "TilesUrl"
+#: The stack output naming the tile function (what a viewer's IAM policy grants invoking).
+TILES_FUNCTION_OUTPUT = "TilesFunctionArn"
+#: Header carrying the proxy's own address, so TileJSON's tile URLs point back at the proxy.
+ORIGIN_HEADER = "x-cubeless-origin"
+_URL_REGION = re.compile(r"\.lambda-url\.([a-z0-9-]+)\.on\.aws$")
+
+
+def _strict(path: str, query: str) -> str:
+    """``path?query`` percent-encoded the RFC 3986 way (``,`` as ``%2C``), so the URL on the wire
+    is already in the canonical form SigV4 signs and Lambda checks: nothing for the two to
+    normalise differently."""
+    wire = quote(unquote(path), safe="/-_.~")
+    if query:
+        wire += "?" + urlencode(parse_qsl(query, keep_blank_values=True), quote_via=quote, safe="-_.~")
+    return wire
+
+
+class SignedProxy:
+    """Forwards GET and HEAD requests to a Lambda Function URL with AuthType AWS_IAM, each signed
+    with SigV4 (service ``lambda``) and the caller's credentials.
+
+    :param url: the Function URL (``https://<id>.lambda-url.<region>.on.aws/``)
+    :param region: the function's region (the URL names it)
+    :param credentials: botocore credentials (refreshable ones are frozen per request)
+    """
+
+    def __init__(self, url: str, *, region: str, credentials: Any, timeout: float = 60.0) -> None:
+        import urllib3
+
+        self.url = url.rstrip("/")
+        self.region = region
+        self.credentials = credentials
+        self._http = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=10, read=timeout))
+
+    @classmethod
+    def from_stack(cls, stack_name: str, *, cfn: Any = None, session: Any = None) -> "SignedProxy":
+        """The proxy of a deployed stack's tile function, with the default credential chain's credentials."""
+        session = session or boto3.session.Session()
+        outputs = stack_outputs(stack_name, cfn=cfn)
+        url = outputs.get(TILES_URL_OUTPUT)
+        if not url:
+            raise UserError(f"stack {stack_name!r} has no tile function (no {TILES_URL_OUTPUT} output); "
+                            "deploy this version with `npx cdk deploy`")
+        credentials = session.get_credentials()
+        if credentials is None:
+            raise UserError("no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+        host = urlsplit(url).hostname or ""
+        match = _URL_REGION.search(host)
+        region = match.group(1) if match else session.region_name
+        if not region:
+            raise UserError("no AWS region configured; set AWS_DEFAULT_REGION (or AWS_REGION), e.g. AWS_DEFAULT_REGION=us-west-2")
+        return cls(url, region=region, credentials=credentials)
+
+    def signed_headers(self, method: str, url: str, headers: Mapping[str, str]) -> dict[str, str]:
+        """``headers`` plus SigV4's (``Authorization``, ``X-Amz-Date``, a session's ``X-Amz-Security-Token``)."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method=method, url=url, headers=dict(headers))
+        SigV4Auth(self.credentials.get_frozen_credentials(), "lambda", self.region).add_auth(request)
+        return dict(request.headers.items())
+
+    def answer(self, request: Any) -> Any:
+        """The function's answer to a :class:`cubeless.serve.Request` (a 502 when it cannot be reached)."""
+        import urllib3
+
+        from .serve import Response
+
+        url = self.url + _strict(request.path, request.query)
+        # gzip: the function compresses text (the map's script is ~1 MB); urllib3 decompresses it
+        headers = self.signed_headers(request.method, url, {ORIGIN_HEADER: request.origin, "Accept-Encoding": "gzip"})
+        try:
+            r = self._http.request(request.method, url, headers=headers)
+        except urllib3.exceptions.HTTPError as exc:
+            body = json.dumps({"error": f"the tile function at {self.url} did not answer: {exc}"}).encode()
+            return Response(502, body, "application/json")
+        return Response(r.status, r.data, r.headers.get("Content-Type", "application/octet-stream"),
+                        r.headers.get("Cache-Control", "no-cache"))
+
+    def check(self) -> None:
+        """One signed request of the catalog; a refusal or no answer is a :class:`UserError` naming the fix."""
+        from .serve import Request
+
+        r = self.answer(Request("GET", "/api/cubes"))
+        if r.status == 403:
+            raise UserError(f"the tile function at {self.url} refused these credentials (403 Forbidden); they need "
+                            f"lambda:InvokeFunctionUrl and lambda:InvokeFunction on it (stack output {TILES_FUNCTION_OUTPUT})")
+        if r.status >= 500:
+            raise UserError(f"the tile function at {self.url} failed ({r.status}): {r.body[:300].decode(errors='replace')}")

@@ -552,6 +552,33 @@ def redrive(run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run id 
     _guard(body)
 
 
+@app.command()
+def view(
+    stack: StackOpt = "cubeless",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Loopback port (0: any free one).")] = 8000,
+) -> None:
+    """Serve the map of the cubes in a deployed stack's bucket on 127.0.0.1.
+
+    A local proxy forwards every request to the stack's tile function (its Function URL, AuthType
+    AWS_IAM), signed with your AWS credentials; they need lambda:InvokeFunctionUrl and
+    lambda:InvokeFunction on it.
+    """
+    from .aws import SignedProxy
+    from .serve import make_http_server, run_server
+
+    def ready(url: str) -> None:
+        out.print(f"map of stack {escape(stack)} at {url} (requests signed with your AWS credentials; Ctrl-C stops)",
+                  highlight=False, soft_wrap=True)
+
+    def body() -> None:
+        proxy = SignedProxy.from_stack(stack)
+        with err.status(f"asking the tile function at {proxy.url} (a cold start takes a few seconds) ..."):
+            proxy.check()
+        run_server(make_http_server(proxy.answer, port), on_ready=ready)
+
+    _guard(body, interrupted="stopped the map proxy")
+
+
 def main() -> None:
     """Console-script entry point.
 

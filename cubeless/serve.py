@@ -11,7 +11,9 @@ the first cube):
 * ``GET /cubes/{cube}/tiles/{z}/{x}/{y}.png?time=&preset=&bands=&expression=&rescale=&colormap=``;
 * ``GET /cubes/{cube}/point/{lon},{lat}``: every variable at that pixel over all time steps.
 
-The stdlib threading HTTP server is enough for one user on loopback; the tile work is rio-tiler's
+Every route is answered by :func:`respond` (a :class:`Request` in, a :class:`Response` out): the
+stdlib threading HTTP server here (enough for one user on loopback) and the stack's tile function
+(``lambdas/tiles.py``, behind a Lambda Function URL) both call it. The tile work is rio-tiler's
 (:mod:`cubeless.tiles`).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -51,6 +54,14 @@ def _is_cube(url: str) -> bool:
     return isinstance(body.get("attributes", {}).get("cubeless"), dict)
 
 
+def _children(url: str) -> list[str]:
+    """Names under a folder or prefix: on S3 a listing (objects and common prefixes); on disk the
+    sub-folders (``fs.list_names`` lists a folder's files only, and a cube is a folder)."""
+    if fs.is_remote(url):
+        return fs.list_names(url)
+    return [e.name for e in os.scandir(fs.local_path(url)) if e.is_dir()]
+
+
 def find_cubes(root: str) -> dict[str, str]:
     """{id: store} of the cubes at or under ``root`` (the root itself, or ``*.zarr`` children)."""
     root = fs.normalize(root)
@@ -62,7 +73,7 @@ def find_cubes(root: str) -> dict[str, str]:
         nxt = []
         for d in frontier:
             try:
-                names = fs.list_names(d)
+                names = _children(d)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for name in sorted(names):
@@ -170,7 +181,91 @@ def _query(qs: str) -> TileQuery:
         raise MapError(f"query parameter `{where}`: {e['msg']}") from None
 
 
-def make_handler(catalog: Catalog) -> type[BaseHTTPRequestHandler]:
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, as the local server and the Lambda Function URL both see it."""
+
+    method: str  #: GET or HEAD (anything else is refused)
+    path: str  #: the path as sent (percent-encoded), without the query
+    query: str = ""  #: the raw query string, without ``?``
+    #: ``scheme://host[:port]`` the client reached: the prefix of the absolute tile URL in TileJSON
+    origin: str = f"http://{LOOPBACK}"
+
+
+@dataclass(frozen=True)
+class Response:
+    """What a request is answered with (for HEAD, the transport sends the headers only)."""
+
+    status: int
+    body: bytes
+    content_type: str
+    cache: str = "no-cache"
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Content-Type": self.content_type,
+            "Cache-Control": self.cache,
+            "Access-Control-Allow-Origin": "*",
+        }
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(obj).encode(), "application/json")
+
+
+def respond(catalog: Catalog, request: Request) -> Response:
+    """The answer to one request: the routes of this module's docstring, errors as JSON
+    ``{"error": ...}`` with their status. ``cubeless serve`` and the stack's tile function
+    (``lambdas/tiles.py``) both answer through here."""
+    if request.method not in ("GET", "HEAD"):
+        return _json({"error": f"method {request.method} is not allowed; use GET"}, 405)
+    try:
+        return _route(catalog, unquote(request.path), request.query, request.origin)
+    except MapError as exc:
+        return _json({"error": str(exc)}, exc.status)
+    except (CubelessError, ValueError) as exc:
+        return _json({"error": str(exc)}, 400)
+    except Exception as exc:  # pragma: no cover - a bug: say so, keep serving
+        return _json({"error": f"{type(exc).__name__}: {exc}"}, 500)
+
+
+def _route(catalog: Catalog, path: str, qs: str, origin: str) -> Response:
+    if path in ("/", "/index.html"):
+        body, _ = _web_file("index.html") or (b"", "")
+        return Response(200, body, "text/html; charset=utf-8")
+    if path.startswith("/static/"):
+        hit = _web_file(path.removeprefix("/static/"))
+        if hit is None:
+            raise NotFound(f"no file {path}")
+        return Response(200, hit[0], hit[1], cache="max-age=3600")
+    if path == "/api/cubes":
+        catalog.refresh()
+        return _json({"root": catalog.root, "cubes": catalog.listing()})
+    if m := _TILE.match(path):
+        cube = catalog.cube(m["cube"])
+        q = _query(qs)
+        try:
+            png = cube.render_tile(int(m["z"]), int(m["x"]), int(m["y"]), q)
+        except OutsideCube:
+            return Response(204, b"", "image/png")  # no pixel of the cube: an empty tile
+        return Response(200, png, "image/png", cache="max-age=60")
+    if m := _POINT.match(path):
+        return _json(catalog.cube(m["cube"]).point(float(m["lon"]), float(m["lat"])))
+    if m := _TILEJSON.match(path):
+        cube = catalog.cube(m["cube"])
+        q = _query(qs)
+        cube.resolve(q)  # refuse a bad query here, not in every tile
+        prefix = f"/cubes/{m['cube']}" if m["cube"] else ""
+        tail = f"?{urlencode(dict(parse_qsl(qs)))}" if qs else ""
+        return _json(cube.tilejson(f"{origin.rstrip('/')}{prefix}/tiles/{{z}}/{{x}}/{{y}}.png{tail}"))
+    if m := _INFO.match(path):
+        return _json(catalog.cube(m["cube"]).describe())
+    raise NotFound(f"no route {path}")
+
+
+def make_handler(answer: Callable[[Request], Response]) -> type[BaseHTTPRequestHandler]:
+    """A stdlib request handler that answers GET and HEAD with ``answer``."""
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "cubeless"
         protocol_version = "HTTP/1.1"
@@ -178,71 +273,38 @@ def make_handler(catalog: Catalog) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
             pass
 
-        def _send(self, status: int, body: bytes, ctype: str, cache: str = "no-cache") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", cache)
-            self.send_header("Access-Control-Allow-Origin", "*")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _json(self, obj: Any, status: int = 200) -> None:
-            self._send(status, json.dumps(obj).encode(), "application/json")
-
         def do_HEAD(self) -> None:  # noqa: N802
             self.do_GET()
 
         def do_GET(self) -> None:  # noqa: N802
             url = urlsplit(self.path)
-            path = unquote(url.path)
+            host = self.headers.get("Host") or f"{LOOPBACK}:{self.server.server_address[1]}"
             try:
-                self._route(path, url.query)
-            except MapError as exc:
-                self._json({"error": str(exc)}, exc.status)
-            except (CubelessError, ValueError) as exc:
-                self._json({"error": str(exc)}, 400)
-            except BrokenPipeError:
+                r = answer(Request(self.command, url.path, url.query, origin=f"http://{host}"))
+            except Exception as exc:  # pragma: no cover - a bug (or the proxy's credentials): say so, keep serving
+                r = _json({"error": f"{type(exc).__name__}: {exc}"}, 500)
+            try:
+                self.send_response(r.status)
+                for name, value in r.headers().items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(r.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(r.body)
+            except (BrokenPipeError, ConnectionResetError):
                 pass
-            except Exception as exc:  # pragma: no cover - a bug: say so, keep serving
-                self._json({"error": f"{type(exc).__name__}: {exc}"}, 500)
-
-        def _route(self, path: str, qs: str) -> None:
-            if path in ("/", "/index.html"):
-                body, ctype = _web_file("index.html") or (b"", "")
-                return self._send(200, body, "text/html; charset=utf-8")
-            if path.startswith("/static/"):
-                hit = _web_file(path.removeprefix("/static/"))
-                if hit is None:
-                    raise NotFound(f"no file {path}")
-                return self._send(200, hit[0], hit[1], cache="max-age=3600")
-            if path == "/api/cubes":
-                catalog.refresh()
-                return self._json({"root": catalog.root, "cubes": catalog.listing()})
-            if m := _TILE.match(path):
-                cube = catalog.cube(m["cube"])
-                q = _query(qs)
-                try:
-                    png = cube.render_tile(int(m["z"]), int(m["x"]), int(m["y"]), q)
-                except OutsideCube:
-                    return self._send(204, b"", "image/png")  # no pixel of the cube: an empty tile
-                return self._send(200, png, "image/png", cache="max-age=60")
-            if m := _POINT.match(path):
-                return self._json(catalog.cube(m["cube"]).point(float(m["lon"]), float(m["lat"])))
-            if m := _TILEJSON.match(path):
-                cube = catalog.cube(m["cube"])
-                q = _query(qs)
-                cube.resolve(q)  # refuse a bad query here, not in every tile
-                host = self.headers.get("Host") or f"{LOOPBACK}:{self.server.server_address[1]}"
-                prefix = f"/cubes/{m['cube']}" if m["cube"] else ""
-                tail = f"?{urlencode(dict(parse_qsl(qs)))}" if qs else ""
-                return self._json(cube.tilejson(f"http://{host}{prefix}/tiles/{{z}}/{{x}}/{{y}}.png{tail}"))
-            if m := _INFO.match(path):
-                return self._json(catalog.cube(m["cube"]).describe())
-            raise NotFound(f"no route {path}")
 
     return Handler
+
+
+def make_http_server(answer: Callable[[Request], Response], port: int = 8000, host: str = LOOPBACK) -> ThreadingHTTPServer:
+    """A ready (not yet serving) loopback server answering with ``answer``; ``port=0`` picks a free one."""
+    try:
+        server = ThreadingHTTPServer((host, port), make_handler(answer))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another port with --port") from None
+    server.daemon_threads = True
+    return server
 
 
 def make_server(root: str, port: int = 8000, host: str = LOOPBACK) -> ThreadingHTTPServer:
@@ -251,17 +313,11 @@ def make_server(root: str, port: int = 8000, host: str = LOOPBACK) -> ThreadingH
     catalog = Catalog(root)
     if not catalog.stores:
         raise UserError(f"{root} holds no cubeless cube; give a cube (a *.zarr folder) or a folder of cubes")
-    try:
-        server = ThreadingHTTPServer((host, port), make_handler(catalog))
-    except OSError as exc:
-        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another port with --port") from None
-    server.daemon_threads = True
-    return server
+    return make_http_server(lambda request: respond(catalog, request), port, host)
 
 
-def serve(root: str, port: int, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve until interrupted."""
-    server = make_server(root, port)
+def run_server(server: ThreadingHTTPServer, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until interrupted, then close."""
     url = f"http://{LOOPBACK}:{server.server_address[1]}/"
     if on_ready:
         on_ready(url)
@@ -271,6 +327,11 @@ def serve(root: str, port: int, *, on_ready: Callable[[str], None] | None = None
         pass
     finally:
         server.server_close()
+
+
+def serve(root: str, port: int, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the cubes under ``root`` until interrupted."""
+    run_server(make_server(root, port), on_ready=on_ready)
 
 
 def vendor_dir() -> Path:

@@ -28,6 +28,25 @@ WORKER_TIMEOUT = Duration.seconds(90)
 _HANDLER_ASSET_EXCLUDE = ["*", ".*", "!lambdas", "!lambdas/*.py", "**/__pycache__"]
 
 
+def image_code(architecture: str, *, cmd: list[str] | None = None) -> lambda_.DockerImageCode:
+    """The worker image (``containers/worker/Dockerfile``), with another handler as ``cmd``.
+
+    Staged at synth (the build context is the repo root, filtered by .dockerignore); built by
+    `cdk deploy`, never by synth or the tests. Every function of one image shares its asset.
+    """
+    platform = ecr_assets.Platform.LINUX_ARM64 if architecture == "arm64" else ecr_assets.Platform.LINUX_AMD64
+    return lambda_.DockerImageCode.from_image_asset(str(ROOT), file="containers/worker/Dockerfile", platform=platform, cmd=cmd)
+
+
+def function_basics(scope: Construct, name: str, log_retention_days: int) -> dict:
+    """Role, log group and tracing of one function (its own role, no managed policies)."""
+    role = iam.Role(scope, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+    log_group = logs.LogGroup(scope, f"{name}Logs", removal_policy=RemovalPolicy.DESTROY)
+    log_group.node.default_child.retention_in_days = log_retention_days  # type: ignore[union-attr]
+    log_group.grant_write(role)
+    return {"role": role, "log_group": log_group, "tracing": lambda_.Tracing.ACTIVE}
+
+
 class Functions(Construct):
     """The three Lambda functions of a run.
 
@@ -90,13 +109,7 @@ class Functions(Construct):
         self.worker = lambda_.DockerImageFunction(
             self,
             "Worker",
-            # Staged at synth (the build context is the repo root, filtered by .dockerignore); built
-            # by `cdk deploy`, never by synth or the tests.
-            code=lambda_.DockerImageCode.from_image_asset(
-                str(ROOT),
-                file="containers/worker/Dockerfile",
-                platform=ecr_assets.Platform.LINUX_ARM64 if arm else ecr_assets.Platform.LINUX_AMD64,
-            ),
+            code=image_code(settings.architecture),
             architecture=self._arch,
             memory_size=settings.worker_memory_mb,
             ephemeral_storage_size=Size.mebibytes(settings.worker_ephemeral_mb),
@@ -126,12 +139,7 @@ class Functions(Construct):
         queue.grant(self.progress, "sqs:GetQueueAttributes")
 
     def _common(self, name: str) -> dict:
-        """Role, log group and tracing shared by every function (no managed policies)."""
-        role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
-        log_group = logs.LogGroup(self, f"{name}Logs", removal_policy=RemovalPolicy.DESTROY)
-        log_group.node.default_child.retention_in_days = self._settings.log_retention_days  # type: ignore[union-attr]
-        log_group.grant_write(role)
-        return {"role": role, "log_group": log_group, "tracing": lambda_.Tracing.ACTIVE}
+        return function_basics(self, name, self._settings.log_retention_days)
 
     def _zip_function(self, name: str, code: lambda_.Code, handler: str, memory: int, timeout: Duration) -> lambda_.Function:
         fn = lambda_.Function(

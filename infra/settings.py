@@ -150,6 +150,18 @@ class Settings(BaseSettings):
             "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff",
         }
     )
+    #: The tile function's Function URL without authentication (AuthType NONE) instead of AWS_IAM.
+    #: Trade-off: anyone who has the URL reads every cube in the bucket (tiles, points, the catalog:
+    #: every cube's store, extent, bins and last run), and every request is a Lambda invocation and
+    #: S3 reads billed to this account, so a crawler or a leaked link costs money; cap it with
+    #: ``tiles_max_concurrency``. Private (the default), ``cubeless view`` signs each request with
+    #: the viewer's credentials, which need ``lambda:InvokeFunctionUrl`` (and ``InvokeFunction``).
+    tiles_public: bool = False
+    #: Tile function memory (MB): one tile reads a few chunks per band and renders a 256 px PNG.
+    tiles_memory_mb: int = Field(1024, ge=256, le=10_240)
+    #: Reserved concurrency of the tile function (none: the account's unreserved pool). Caps what a
+    #: public URL can cost; each reserved execution is taken from the account's pool for the workers.
+    tiles_max_concurrency: int | None = Field(None, ge=1)
     #: Scheduled runs; the default is one disabled example.
     schedules: tuple[ScheduleSettings, ...] = Field(default_factory=lambda: (_example_schedule(),))
     #: CloudWatch Logs retention of every log group (days; one of the values CloudWatch offers).

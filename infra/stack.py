@@ -1,4 +1,4 @@
-"""The cubeless stack: storage, task queue, functions, state machine, schedules, monitoring."""
+"""The cubeless stack: storage, task queue, functions, state machine, schedules, monitoring, tiles."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ from aws_cdk import App, CfnOutput, Duration, Stack, Validations
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
+from cubeless.aws import TILES_FUNCTION_OUTPUT, TILES_URL_OUTPUT
+
 from .functions import WORKER_TIMEOUT, Functions
 from .monitoring import Monitoring
 from .schedules import Schedules
 from .settings import Settings
 from .storage import Storage
 from .task_queue import TaskQueue
+from .tiles import Tiles
 from .workflow import Workflow
 
 
@@ -57,11 +60,16 @@ class CubelessStack(Stack):
             dead_letter_queue=self.tasks.dead_letter_queue,
             alarm_topic_arn=settings.alarm_topic_arn,
         )
+        self.tiles = Tiles(self, "Tiles", settings=settings, bucket=self.storage.bucket)
         CfnOutput(self, "StateMachineArn", value=self.workflow.state_machine.state_machine_arn, description="Start runs here")
         CfnOutput(self, "BucketName", value=self.storage.bucket.bucket_name, description="Cube stores: s3://<bucket>/<name>.zarr")
         CfnOutput(self, "QueueUrl", value=self.tasks.queue.queue_url)
         CfnOutput(self, "DeadLetterQueueUrl", value=self.tasks.dead_letter_queue.queue_url)
         CfnOutput(self, "DashboardName", value=self.monitoring.dashboard.dashboard_name)
+        CfnOutput(self, TILES_URL_OUTPUT, value=self.tiles.url.url,
+                  description="The map of the bucket's cubes: `cubeless view` (signed) or, with tiles_public, this URL")
+        CfnOutput(self, TILES_FUNCTION_OUTPUT, value=self.tiles.function.function_arn,
+                  description="Viewers need lambda:InvokeFunctionUrl and lambda:InvokeFunction on this function (unless tiles_public)")
 
 
 def add_checks(app: App) -> None:

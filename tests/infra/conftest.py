@@ -1,5 +1,5 @@
 """One synth for every infra test: the default stack and a variant (existing bucket, x86_64, an
-enabled schedule, an alarm topic) in one app, with cdk-nag, and a small placeholder layer zip
+enabled schedule, an alarm topic, a public tile URL) in one app, with cdk-nag, and a small placeholder layer zip
 instead of the real ~65 MB one (tests/infra/test_layer.py builds that, marked slow)."""
 
 from __future__ import annotations

@@ -82,6 +82,8 @@ VARIANT = {
     "max_lanes": 10,
     "tolerated_failure_percentage": 12.5,
     "alarm_topic_arn": f"arn:aws:sns:{REGION}:{ACCOUNT}:alerts",
+    "tiles_public": True,
+    "tiles_max_concurrency": 3,
     "schedules": [
         {"name": "weekly", "expression": "rate(7 days)", "enabled": True, "lanes": 2, "complete_bins_only": False,
          "spec": {"name": "wk", "bbox": [5.0, 45.0, 5.1, 45.1], "start": "2024-01-01", "end": "2024-12-31",

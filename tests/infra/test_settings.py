@@ -29,6 +29,7 @@ def test_defaults() -> None:
     s = Settings()
     assert (s.stack_name, s.bucket_name, s.lanes, s.max_lanes) == ("cubeless", None, 900, 1000)
     assert (s.worker_memory_mb, s.architecture, s.stac_hosts) == (2048, "arm64", DEFAULT_STAC_HOSTS)
+    assert (s.tiles_public, s.tiles_memory_mb, s.tiles_max_concurrency) == (False, 1024, None)  # the map is private
     (example,) = s.schedules
     assert example.enabled is False and example.complete_bins_only and example.spec["store"].startswith("s3://{bucket}/")
 

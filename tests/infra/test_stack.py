@@ -98,7 +98,9 @@ def test_dockerfile_uses_the_lambda_base_the_constraints_and_checks_the_import()
     text = "\n".join(lines)
     assert "-c /tmp/src/constraints.txt" in text and "COPY constraints.txt" in text
     assert 'CMD ["lambdas.worker.handler"]' in text
-    assert lines[-1] == 'RUN python -c "import lambdas.worker"'
+    assert "p['optional-dependencies']['map']" in text  # rio-tiler, rioxarray: the tile function's
+    assert lines[-1].startswith('RUN python -c "import lambdas.worker, lambdas.tiles, cubeless.tiles;')
+    assert "check_web_assets()" in lines[-1]  # the map page's MapLibre is in the image
 
 
 def test_planner_and_commit_are_zip_functions_on_the_layer(synth: Synth) -> None:
@@ -124,9 +126,61 @@ def test_every_function_has_its_own_role_and_log_group(synth: Synth) -> None:
     fns = functions(synth).values()
     roles = {json.dumps(f["Properties"]["Role"]) for f in fns}
     logs = {json.dumps(f["Properties"]["LoggingConfig"]["LogGroup"]) for f in fns}
-    assert len(fns) == len(roles) == len(logs) == 4  # planner, worker, progress, commit
+    assert len(fns) == len(roles) == len(logs) == 5  # planner, worker, progress, commit, tiles
     for role in synth.resources(STACK, "AWS::IAM::Role").values():
         assert "ManagedPolicyArns" not in role["Properties"]
+
+
+# -- tiles -----------------------------------------------------------------------------------------
+
+
+def tiles_fn(synth: Synth, stack: str = STACK) -> dict:
+    (found,) = [v for k, v in functions(synth, stack).items() if k.startswith("TilesFunction")]
+    return found
+
+
+def test_tiles_is_the_worker_image_with_the_tiles_handler(synth: Synth) -> None:
+    props = tiles_fn(synth)["Properties"]
+    assert props["PackageType"] == "Image" and props["ImageConfig"] == {"Command": ["lambdas.tiles.handler"]}
+    assert props["Code"] == fn(synth, "Worker")["Properties"]["Code"]  # one image, built once
+    assert props["Architectures"] == ["arm64"] and props["Timeout"] == 30 and props["MemorySize"] == 1024
+    assert props["TracingConfig"] == {"Mode": "Active"} and "ReservedConcurrentExecutions" not in props
+    env = props["Environment"]["Variables"]
+    assert set(env) == {"CUBELESS_BUCKET", "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL"}  # no queue, no state machine
+    assert env["POWERTOOLS_SERVICE_NAME"] == "tiles"
+    variant = tiles_fn(synth, VARIANT)["Properties"]
+    assert variant["Architectures"] == ["x86_64"] and variant["ReservedConcurrentExecutions"] == 3
+    assert variant["Environment"]["Variables"]["CUBELESS_BUCKET"] == "existing-cubes"
+
+
+def test_tiles_url_is_private_by_default_and_public_only_with_the_setting(synth: Synth) -> None:
+    for stack, auth in ((STACK, "AWS_IAM"), (VARIANT, "NONE")):
+        (url,) = synth.resources(stack, "AWS::Lambda::Url").values()
+        assert url["Properties"]["AuthType"] == auth
+        assert url["Properties"]["TargetFunctionArn"]["Fn::GetAtt"][0].startswith("TilesFunction")
+        anyone = [p["Properties"] for p in synth.resources(stack, "AWS::Lambda::Permission").values() if p["Properties"]["Principal"] == "*"]
+        if auth == "AWS_IAM":
+            assert anyone == []  # only identities granted lambda:InvokeFunctionUrl may call it
+        else:
+            assert anyone and all(p["FunctionName"]["Fn::GetAtt"][0].startswith("TilesFunction") for p in anyone)
+            assert {p["Action"] for p in anyone} >= {"lambda:InvokeFunctionUrl"}
+        out = synth.templates[stack]["Outputs"]
+        assert out["TilesUrl"]["Value"] == {"Fn::GetAtt": [next(iter(synth.resources(stack, "AWS::Lambda::Url"))), "FunctionUrl"]}
+        assert out["TilesFunctionArn"]["Value"]["Fn::GetAtt"][0].startswith("TilesFunction")
+
+
+@pytest.mark.parametrize("stack", [STACK, VARIANT])
+def test_tiles_role_only_reads_the_bucket(synth: Synth, stack: str) -> None:
+    t = synth.templates[stack]
+    bucket = "existing-cubes" if stack == VARIANT else next(iter(synth.resources(STACK, "AWS::S3::Bucket"))).lower()
+    found = [st for logical, st in statements(synth, stack) if logical.startswith("TilesFunctionRole")]
+    actions = {a for st in found for a in as_list(st["Action"])}
+    assert {a for a in actions if a.startswith("s3:")} == {"s3:GetObject", "s3:ListBucket"}
+    assert actions - {"s3:GetObject", "s3:ListBucket"} <= {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+    for st in found:
+        if any(a.startswith("s3:") for a in as_list(st["Action"])):
+            expected = {f"arn:aws:s3:::{bucket}/*"} if as_list(st["Action"]) == ["s3:GetObject"] else {f"arn:aws:s3:::{bucket}"}
+            assert set(as_list(render(st["Resource"], t))) == expected, st
 
 
 # -- queue, bucket ---------------------------------------------------------------------------------
@@ -395,7 +449,10 @@ def test_dashboard_and_alarms(synth: Synth) -> None:
 
 def test_outputs_are_what_cubeless_aws_reads(synth: Synth) -> None:
     outputs = synth.templates[STACK]["Outputs"]
-    assert {"StateMachineArn", "BucketName", "QueueUrl", "DeadLetterQueueUrl", "DashboardName"} <= set(outputs)
+    assert {"StateMachineArn", "BucketName", "QueueUrl", "DeadLetterQueueUrl", "DashboardName", "TilesUrl", "TilesFunctionArn"} <= set(outputs)
+    from cubeless.aws import TILES_FUNCTION_OUTPUT, TILES_URL_OUTPUT
+
+    assert {TILES_URL_OUTPUT, TILES_FUNCTION_OUTPUT} <= set(outputs)
 
 
 # -- policy as code ----------------------------------------------------------------------------------

@@ -95,3 +95,13 @@ def test_serve_refuses_a_folder_without_cubes(tmp_path) -> None:
 
     with pytest.raises(UserError, match="holds no cubeless cube"):
         make_server(str(tmp_path), port=0)
+
+
+def test_a_folder_of_cubes_is_a_catalog(demo_cube: str) -> None:
+    from pathlib import Path
+
+    from cubeless.serve import find_cubes
+
+    folder = Path(demo_cube).parent  # the demo's output: cube.zarr beside scenes/ and PNGs
+    assert find_cubes(str(folder)) == {"cube": demo_cube}
+    assert find_cubes(demo_cube) == {"cube": demo_cube}
