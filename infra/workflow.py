@@ -103,31 +103,19 @@ class Workflow(Construct):
         explain.next(failed)
 
         # The failure paths after the lock was taken: give it up, then fail with the original error.
-        release = tasks.LambdaInvoke(
-            self,
-            "Release",
-            lambda_function=commit,
-            payload=sfn.TaskInput.from_object({"action": "release", "run.$": "$.run", "execution": sfn.JsonPath.execution_id}),
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
+        release = self._invoke(
+            "Release", commit, {"action": "release", "run.$": "$.run", "execution": sfn.JsonPath.execution_id},
             result_path=sfn.JsonPath.DISCARD,
             comment="Give the cube lock up (only if it still names this execution); the error at $.error is kept.",
         )
-        release.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
         release.add_catch(explain, errors=["States.ALL"], result_path="$.release_error")  # never hides the run's error
         release.next(explain)
 
-        plan = tasks.LambdaInvoke(
-            self,
-            "Plan",
-            lambda_function=planner,
+        plan = self._invoke(
             # The execution input as it was started, and the execution that takes the cube lock.
-            payload=sfn.TaskInput.from_object({"input": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.execution_id}),
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
+            "Plan", planner, {"input": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.execution_id},
             comment="Validate the spec, take the cube lock, plan or resume the run, enqueue its tasks; returns the run record and the first round's lanes.",
         )
-        plan.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
         plan.add_catch(explain, errors=USER_FACING, result_path="$.error")
 
         # -- one lane: a few worker calls, each taking tasks for most of its 90 s --------------------
@@ -170,30 +158,18 @@ class Workflow(Construct):
         )
         workers.item_processor(lane)
 
-        progress_task = tasks.LambdaInvoke(
-            self,
-            "Progress",
-            lambda_function=progress,
-            payload=sfn.TaskInput.from_object({"run.$": "$.run", "progress.$": "$.progress"}),
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
+        progress_task = self._invoke(
+            "Progress", progress, {"run.$": "$.run", "progress.$": "$.progress"}, retries=5,
             result_path="$.progress",
             comment="Done and dead-lettered tasks of this run (its markers, never queue counts); the next round's lanes.",
         )
-        progress_task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=5, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
         progress_task.add_catch(release, errors=["RunStalled"], result_path="$.error")
 
-        commit_task = tasks.LambdaInvoke(
-            self,
-            "Commit",
-            lambda_function=commit,
-            payload=sfn.TaskInput.from_object({"run.$": "$.run", "spec.$": "$.spec", "execution": sfn.JsonPath.execution_id}),
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
+        commit_task = self._invoke(
+            "Commit", commit, {"run.$": "$.run", "spec.$": "$.spec", "execution": sfn.JsonPath.execution_id},
             result_path="$.manifest",
             comment="Publish the run's bins and release the cube lock; RunIncomplete names the dead-lettered tasks and `cubeless redrive`.",
         )
-        commit_task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(2), backoff_rate=2, jitter_strategy=sfn.JitterType.FULL)
         commit_task.add_catch(release, errors=COMMIT_FAILURES, result_path="$.error")
 
         next_round = sfn.Wait(self, "Next round", time=sfn.WaitTime.duration(ROUND_WAIT), comment="Tasks left are in flight or backing off.")
@@ -259,6 +235,16 @@ class Workflow(Construct):
             "AwsSolutions-IAM5[Resource::*]",
             "Log delivery (logs:*LogDelivery*, DescribeLogGroups, resource policies) and X-Ray have no resource-level permissions.",
         )
+
+    def _invoke(self, name: str, fn: lambda_.IFunction, payload: dict, *, comment: str, retries: int = 3,
+                **kw: object) -> tasks.LambdaInvoke:
+        """A control step (plan, progress, commit, release): the function's own result as output, and
+        ``retries`` tries again on Lambda's transient errors (2 s, doubling, full jitter)."""
+        step = tasks.LambdaInvoke(self, name, lambda_function=fn, payload=sfn.TaskInput.from_object(payload),
+                                  payload_response_only=True, retry_on_service_exceptions=False, comment=comment, **kw)
+        step.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=retries, interval=Duration.seconds(2), backoff_rate=2,
+                       jitter_strategy=sfn.JitterType.FULL)
+        return step
 
 
 def _as_list(value: object) -> list:
