@@ -88,6 +88,9 @@ EMULATOR_GAPS = {
     "the worker's first retry delay is 1 s (CUBELESS_RETRY_DELAY; 10 s deployed), and a worker call's context "
     "reports worker_seconds (default 17 s: it takes tasks for ~2 s, then stops at the 15 s reserve) instead of the "
     "template's 90 s timeout, so a call takes one or two tasks and a lane's calls and rounds are exercised.",
+    "function-url": "no Lambda Function URLs: the stack output TilesUrl is a placeholder address; the tile "
+    "function's handler is driven with Function URL events in tests/handlers/test_tiles.py, and `cubeless view` "
+    "against a stand-in URL in tests/handlers/test_view.py.",
     "stack-outputs": "no CloudFormation deploy: a stack holding only the template's Outputs (resolved to the "
     "emulated resources) lets `cubeless start/status/redrive --stack` find the deployment.",
 }
@@ -602,6 +605,10 @@ class AwsEmulator:
         for k, v in self.template["Resources"].items():
             if v["Type"] == "AWS::StepFunctions::StateMachine":
                 refs[k] = self.state_machine_arn
+            elif v["Type"] == "AWS::Lambda::Url":  # see EMULATOR_GAPS["function-url"]
+                refs[f"{k}.FunctionUrl"] = f"https://{k.lower()}.lambda-url.{REGION}.on.aws/"
+            elif v["Type"] == "AWS::Lambda::Function":
+                refs[f"{k}.Arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{k}"
             refs.setdefault(k, k)
         outputs = {k: {"Value": str(resolve(v["Value"], refs))} for k, v in self.template.get("Outputs", {}).items()}
         self.outputs = {k: v["Value"] for k, v in outputs.items()}
