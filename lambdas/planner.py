@@ -53,8 +53,6 @@ def plan(request: RunRequest, lock: CubeLock | None) -> dict[str, Any]:
             lock.release()
         logger.info("cube is up to date", extra={"cube": request.spec.name})
         return {"run": None, "spec": spec, "progress": first_round([])}
-    if lock is not None:
-        lock.acquire(prepared.record.run_id)  # a no-op: prepare_run took it before writing
     # Dead markers belong to tasks without a done marker, i.e. to the tasks queued again now.
     RunState(prepared.record.store, prepared.record.run_id).clear_dead()
     sent = queue().enqueue(prepared.todo)

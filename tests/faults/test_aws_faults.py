@@ -56,7 +56,7 @@ def doc_of(stage: H.Stage, name: str, **override: Any) -> dict[str, Any]:
     return doc
 
 
-def in_format(stage: H.Stage, doc: dict[str, Any], fmt: str) -> dict[str, Any]:
+def in_format(doc: dict[str, Any], fmt: str) -> dict[str, Any]:
     """``doc`` in ``fmt``: an Icechunk repository at ``<name>.icechunk`` in the bucket."""
     if fmt == "zarr":
         return doc
@@ -86,7 +86,7 @@ def tasks_of(doc: dict[str, Any], run_id: str) -> list[Task]:
 @pytest.mark.parametrize("fmt", ["zarr", "icechunk"])
 def test_poison_task_goes_to_the_dlq_then_redrive_redoes_only_it(stage: H.Stage, tmp_path: Path, fmt: str) -> None:
     emu = stage.emu
-    doc = in_format(stage, doc_of(stage, "poison"), fmt)
+    doc = in_format(doc_of(stage, "poison"), fmt)
     spec_file = tmp_path / "poison.yaml"
     spec_file.write_text(yaml.safe_dump(doc))
     good = emu.get(POISON_KEY)
@@ -160,7 +160,7 @@ def test_poison_task_goes_to_the_dlq_then_redrive_redoes_only_it(stage: H.Stage,
 @pytest.mark.parametrize("fmt", ["zarr", "icechunk"])
 def test_interrupted_run_resumes_with_only_the_remaining_tasks(stage: H.Stage, fmt: str) -> None:
     emu = stage.emu
-    doc = in_format(stage, doc_of(stage, "interrupted"), fmt)
+    doc = in_format(doc_of(stage, "interrupted"), fmt)
     # One task per worker call: the call in flight when the execution stops adds at most one task
     # (a call of the usual ~2 s could finish all six on a fast machine, and nothing would be left).
     with emu.worker_call_seconds(15.3):

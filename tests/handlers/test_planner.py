@@ -32,9 +32,11 @@ def test_store_outside_the_stack_bucket_is_refused(deployment_env: Queues, conte
 
 
 def fake_prepare(run: Run, *, todo: int | None = None, seen: dict | None = None):  # noqa: ANN201
-    def prepare_run(spec: Any, *, lanes: int = 1, **kw: Any) -> Prepared:
+    def prepare_run(spec: Any, *, lanes: int = 1, lock: Any = None, **kw: Any) -> Prepared:
         if seen is not None:
             seen.update(spec=spec, lanes=lanes)
+        if lock is not None:  # as cubeless.prepare.prepare_run does, before it writes anything
+            lock.acquire(run.run_id)
         tasks = run.tasks if todo is None else run.tasks[:todo]
         return Prepared(run.record, tasks, len(run.tasks) - len(tasks), False, 0.1)
 
